@@ -1,0 +1,292 @@
+"""The one configuration dataclass of the suite.
+
+Every number that shapes data loading, the model, training, scoring and
+thresholds lives in :class:`Config`. Notebooks set it in their single
+``parameters`` cell, the command line reads it from flags or a JSON/YAML file,
+and it is stored inside every checkpoint and every ``results.json``.
+
+Per-category settings are allowed only through :data:`CATEGORY_OVERRIDES`
+(applied by :meth:`Config.for_category`), so they are recorded in the config
+that is saved with the model, never hidden in code paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MODES = ("unet", "feature")
+IMAGE_SCORES = ("max", "topk_mean")
+AUGMENTATIONS = ("hflip", "vflip", "rot90", "rotate", "translate", "brightness", "contrast", "gamma")
+CORRUPTIONS = ("perlin", "cutpaste", "scratch")
+
+#: Normal variation seen in each MVTec AD category, as augmentations that keep
+#: a good image good. Flips and rotations are only listed where the object or
+#: texture is symmetric under them (a transistor flipped is a defect).
+CATEGORY_AUGMENT: dict[str, tuple[str, ...]] = {
+    "bottle": ("hflip", "vflip", "rot90", "brightness"),
+    "cable": ("brightness",),
+    "capsule": ("brightness", "contrast"),
+    "carpet": ("hflip", "vflip", "rot90", "brightness"),
+    "grid": ("hflip", "vflip", "brightness"),
+    "hazelnut": ("hflip", "vflip", "rotate", "brightness"),
+    "leather": ("hflip", "vflip", "rot90", "brightness"),
+    "metal_nut": ("rotate", "brightness"),
+    "pill": ("brightness",),
+    "screw": ("hflip", "vflip", "rotate", "translate", "brightness", "contrast", "gamma"),
+    "tile": ("hflip", "vflip", "rot90", "brightness"),
+    "toothbrush": ("hflip", "brightness"),
+    "transistor": ("brightness",),
+    "wood": ("hflip", "vflip", "brightness"),
+    "zipper": ("hflip", "vflip", "brightness"),
+    "sample": ("hflip", "brightness", "contrast"),
+}
+
+#: Other per-category settings, applied by :meth:`Config.for_category` and
+#: listed in the README. Keep this small and justified by measurement.
+CATEGORY_OVERRIDES: dict[str, dict[str, Any]] = {}
+
+#: Fields that may change between a run and its resumption without making the
+#: saved weights incompatible (how long to train, how often to save, how to
+#: score). Everything else must match for ``fit`` to resume.
+RESUMABLE_FIELDS = frozenset(
+    {
+        "epochs",
+        "max_minutes",
+        "checkpoint_every_epochs",
+        "checkpoint_every_minutes",
+        "num_workers",
+        "smooth_sigma",
+        "image_score",
+        "topk_fraction",
+        "threshold_percentile",
+        "map_l2_weight",
+        "map_ssim_weight",
+        "map_gms_weight",
+        "map_scale_weights",
+        "normalize_maps",
+        "amp",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+@dataclass
+class Config:
+    """All settings of one training and evaluation run.
+
+    Tensor conventions used throughout the package: images are float32 in
+    [0, 1] with shape (B, C, H, W); masks are float32 in {0, 1} with shape
+    (B, 1, H, W); anomaly maps are float32, shape (B, 1, H, W), higher means
+    more anomalous.
+    """
+
+    # --- what to run -------------------------------------------------------
+    category: str = "bottle"
+    mode: str = "feature"  # "unet": pixel U-Net autoencoder; "feature": feature-space autoencoder
+
+    # --- data --------------------------------------------------------------
+    image_size: int = 256  # square side in pixels that every image is resized to
+    channels: int = 3  # 1 or 3; grayscale images are repeated to 3, RGB reduced to luminance for 1
+    val_fraction: float = 0.1  # share of good training images held out (validation + threshold)
+    seed: int = 0
+
+    # --- pixel U-Net (mode="unet") ------------------------------------------
+    base_width: int = 32  # channels of the first encoder stage; doubled at each stage
+    depth: int = 4  # number of down-sampling stages
+    skip_levels: int = 2  # skips kept from the deepest stages up; the finest ones are dropped
+    out_scales: tuple[int, ...] = (1, 2, 4)  # reconstructions produced at these down-sampling factors
+
+    # --- feature autoencoder (mode="feature", and the perceptual loss) ------
+    backbone: str = "mobilenet_v2"
+    pretrained: bool = True  # ImageNet weights through torchvision's weights API
+    feature_layers: tuple[int, ...] = ()  # backbone stage indices; () = the backbone's default
+    feature_latent: int = 64  # bottleneck channels of the feature autoencoder
+
+    # --- loss ----------------------------------------------------------------
+    loss_mse_weight: float = 1.0
+    loss_ssim_weight: float = 1.0  # on kornia's SSIMLoss, which is (1 - SSIM) / 2
+    loss_perceptual_weight: float = 0.0
+    loss_scale_weights: tuple[float, ...] = (1.0, 0.5, 0.25)  # one per entry of out_scales
+    ssim_window: int = 11
+
+    # --- synthetic defects for training (mode="unet") -----------------------
+    corruption_prob: float = 0.5  # share of training images that get a synthetic defect
+    corruptions: tuple[str, ...] = CORRUPTIONS
+
+    # --- augmentation: None = the category's default from CATEGORY_AUGMENT --
+    augment: tuple[str, ...] | None = None
+
+    # --- optimisation ----------------------------------------------------------
+    epochs: int = 60
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    amp: bool = True  # mixed precision; only ever used on CUDA
+    max_minutes: float = 0.0  # stop (and checkpoint) after this much training time; 0 = no limit
+    checkpoint_every_epochs: int = 1
+    checkpoint_every_minutes: float = 5.0
+    num_workers: int = 0
+
+    # --- scoring ---------------------------------------------------------------
+    map_l2_weight: float = 1.0  # per-pixel squared error
+    map_ssim_weight: float = 1.0  # per-pixel (1 - SSIM)
+    map_gms_weight: float = 0.0  # per-pixel gradient-magnitude dissimilarity
+    map_scale_weights: tuple[float, ...] = (1.0, 1.0, 1.0)  # one per entry of out_scales
+    smooth_sigma: float = 4.0  # Gaussian smoothing of the map, in pixels at 256 px
+    normalize_maps: bool = True  # standardise maps with statistics of held-out good images
+    image_score: str = "max"  # "max" or "topk_mean" of the smoothed map
+    topk_fraction: float = 0.01  # share of pixels averaged by "topk_mean"
+    threshold_percentile: float = 99.0  # of held-out good scores, the default threshold
+
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                setattr(self, f.name, tuple(value))
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the bad field and the allowed values."""
+
+        def bad(name: str, why: str) -> None:
+            raise ConfigError(f"Config.{name}={getattr(self, name)!r}: {why}")
+
+        if self.mode not in MODES:
+            bad("mode", f"must be one of {MODES}")
+        if self.channels not in (1, 3):
+            bad("channels", "must be 1 (grayscale) or 3 (RGB)")
+        if self.mode == "feature" and self.channels != 3:
+            bad("channels", "feature mode feeds an ImageNet backbone and needs channels=3")
+        if self.image_size < 32 or self.image_size % 32:
+            bad("image_size", "must be a multiple of 32 and at least 32 (e.g. 128, 256, 512)")
+        if self.image_size % (2**self.depth):
+            bad("image_size", f"must be divisible by 2**depth = {2 ** self.depth}")
+        if not 0.0 < self.val_fraction < 0.9:
+            bad("val_fraction", "must lie in (0, 0.9)")
+        if self.depth < 2 or self.depth > 6:
+            bad("depth", "must lie in 2..6")
+        if not 0 <= self.skip_levels <= self.depth:
+            bad("skip_levels", f"must lie in 0..depth ({self.depth})")
+        if not self.out_scales or any(s < 1 or s & (s - 1) or s > 2 ** (self.depth - 1) for s in self.out_scales):
+            bad("out_scales", f"must be powers of two between 1 and {2 ** (self.depth - 1)}")
+        if len(self.loss_scale_weights) != len(self.out_scales):
+            bad("loss_scale_weights", f"needs one weight per out_scales entry ({len(self.out_scales)})")
+        if len(self.map_scale_weights) != len(self.out_scales):
+            bad("map_scale_weights", f"needs one weight per out_scales entry ({len(self.out_scales)})")
+        if self.ssim_window < 3 or self.ssim_window % 2 == 0:
+            bad("ssim_window", "must be an odd number >= 3")
+        if unknown := set(self.corruptions) - set(CORRUPTIONS):
+            bad("corruptions", f"unknown {sorted(unknown)}; choose from {CORRUPTIONS}")
+        if self.augment is not None and (unknown := set(self.augment) - set(AUGMENTATIONS)):
+            bad("augment", f"unknown {sorted(unknown)}; choose from {AUGMENTATIONS}")
+        if not 0.0 <= self.corruption_prob <= 1.0:
+            bad("corruption_prob", "must lie in [0, 1]")
+        if self.image_score not in IMAGE_SCORES:
+            bad("image_score", f"must be one of {IMAGE_SCORES}")
+        if not 0.0 < self.topk_fraction <= 1.0:
+            bad("topk_fraction", "must lie in (0, 1]")
+        if not 50.0 <= self.threshold_percentile <= 100.0:
+            bad("threshold_percentile", "must lie in [50, 100]")
+        for name in ("epochs", "batch_size", "checkpoint_every_epochs", "base_width", "feature_latent"):
+            if getattr(self, name) < 1:
+                bad(name, "must be at least 1")
+        for name in ("lr", "smooth_sigma", "max_minutes", "checkpoint_every_minutes", "grad_clip", "weight_decay"):
+            if getattr(self, name) < 0:
+                bad(name, "must not be negative")
+        if self.lr == 0:
+            bad("lr", "must be positive")
+
+    # ------------------------------------------------------------ derived values
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        """The augmentations in force: ``augment`` or the category's default."""
+        if self.augment is not None:
+            return tuple(self.augment)
+        return CATEGORY_AUGMENT.get(self.category, ("brightness",))
+
+    @classmethod
+    def for_category(cls, category: str, **overrides: Any) -> Config:
+        """A config for ``category`` with its recorded per-category settings applied.
+
+        ``overrides`` win over the per-category settings. The augmentation list is
+        written out explicitly, so the saved config says exactly what ran.
+        """
+        values: dict[str, Any] = dict(CATEGORY_OVERRIDES.get(category, {}))
+        values.update(overrides)
+        values["category"] = category
+        cfg = cls(**values)
+        if cfg.augment is None:
+            cfg.augment = cfg.augmentations
+        return cfg
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    # -------------------------------------------------------------- persistence
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Build from a dict; unknown keys raise a :class:`ConfigError` naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config keys {unknown}; valid keys are listed in colab_utils/config.py (Config)"
+            )
+        return cls(**data)
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON (``.json``) or YAML (``.yaml``/``.yml``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        else:
+            path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        """Read a JSON or YAML file written by :meth:`save` (or by hand)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; write one with Config().save({str(path)!r})")
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # noqa: BLE001 - any parse failure gets the same advice
+            raise ConfigError(f"config file {path} could not be parsed ({exc}); fix its syntax") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of field names to values")
+        return cls.from_dict(data)
+
+    def mismatches(self, other: Config) -> dict[str, tuple[Any, Any]]:
+        """Fields that differ and make saved weights incompatible: {name: (self, other)}."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {
+            k: (mine[k], theirs.get(k))
+            for k in mine
+            if k not in RESUMABLE_FIELDS and k != "extra" and mine[k] != theirs.get(k)
+        }
