@@ -49,6 +49,25 @@ CATEGORY_AUGMENT: dict[str, tuple[str, ...]] = {
 #: listed in the README. Keep this small and justified by measurement.
 CATEGORY_OVERRIDES: dict[str, dict[str, Any]] = {}
 
+#: Hardware profiles: overrides applied by :meth:`Config.for_category` when a
+#: profile is named. ``smoke`` shrinks the work to seconds (tests, CI),
+#: ``cpu`` fits about ten minutes of training per category on 2 CPU cores,
+#: ``gpu`` is the full setting for a Colab T4 or better. Per mode.
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "feature": {"image_size": 64, "epochs": 2, "batch_size": 8, "smooth_sigma": 1.0},
+        "unet": {"image_size": 64, "epochs": 2, "batch_size": 8, "base_width": 8, "smooth_sigma": 1.0},
+    },
+    "cpu": {
+        "feature": {"image_size": 256, "epochs": 40, "batch_size": 16},
+        "unet": {"image_size": 128, "epochs": 60, "batch_size": 16, "base_width": 16},
+    },
+    "gpu": {
+        "feature": {"image_size": 256, "epochs": 100, "batch_size": 16},
+        "unet": {"image_size": 256, "epochs": 300, "batch_size": 16, "base_width": 32},
+    },
+}
+
 #: Fields that may change between a run and its resumption without making the
 #: saved weights incompatible (how long to train, how often to save, how to
 #: score). Everything else must match for ``fit`` to resume.
@@ -58,7 +77,6 @@ RESUMABLE_FIELDS = frozenset(
         "max_minutes",
         "checkpoint_every_epochs",
         "checkpoint_every_minutes",
-        "num_workers",
         "smooth_sigma",
         "image_score",
         "topk_fraction",
@@ -133,7 +151,6 @@ class Config:
     max_minutes: float = 0.0  # stop (and checkpoint) after this much training time; 0 = no limit
     checkpoint_every_epochs: int = 1
     checkpoint_every_minutes: float = 5.0
-    num_workers: int = 0
 
     # --- scoring ---------------------------------------------------------------
     map_l2_weight: float = 1.0  # per-pixel squared error
@@ -216,13 +233,22 @@ class Config:
         return CATEGORY_AUGMENT.get(self.category, ("brightness",))
 
     @classmethod
-    def for_category(cls, category: str, **overrides: Any) -> Config:
+    def for_category(cls, category: str, profile: str | None = None, **overrides: Any) -> Config:
         """A config for ``category`` with its recorded per-category settings applied.
 
-        ``overrides`` win over the per-category settings. The augmentation list is
-        written out explicitly, so the saved config says exactly what ran.
+        Precedence, lowest first: dataclass defaults, the hardware ``profile``
+        (a key of :data:`PROFILES`, for the mode in ``overrides`` or the default
+        mode), the category's :data:`CATEGORY_OVERRIDES`, then ``overrides``.
+        The augmentation list is written out explicitly, so the saved config
+        says exactly what ran.
         """
-        values: dict[str, Any] = dict(CATEGORY_OVERRIDES.get(category, {}))
+        values: dict[str, Any] = {}
+        if profile is not None:
+            if profile not in PROFILES:
+                raise ConfigError(f"profile {profile!r} unknown; choose from {sorted(PROFILES)}")
+            mode = overrides.get("mode", CATEGORY_OVERRIDES.get(category, {}).get("mode", cls.mode))
+            values.update(PROFILES[profile].get(mode, {}))
+        values.update(CATEGORY_OVERRIDES.get(category, {}))
         values.update(overrides)
         values["category"] = category
         cfg = cls(**values)

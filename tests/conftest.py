@@ -12,7 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: on a 2-core machine, two OpenMP threads next to any other busy process
+# make small kernels (SSIM, 64 px convolutions) tens of times slower.
+torch.set_num_threads(int(os.environ.get("TEST_TORCH_THREADS", "1")))
 
 
 def _require(what: str) -> None:

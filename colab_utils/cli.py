@@ -1,0 +1,182 @@
+"""Command line: the same functions the notebooks call.
+
+    python -m colab_utils train    --data-root DIR --category bottle [--category screw ...] --out RUNS
+    python -m colab_utils evaluate --data-root DIR --category bottle --out RUNS [--export npy|png16]
+    python -m colab_utils summary  --out RUNS
+    python -m colab_utils make-sample DIR
+    python -m colab_utils download DEST [--categories bottle screw] [--archive FILE | --url URL | --drive-id ID]
+    python -m colab_utils demo     --out outputs [--profile auto|cpu|gpu|smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError
+
+
+def _config_from_args(args: argparse.Namespace, category: str) -> Config:
+    values: dict[str, Any] = {}
+    if args.config:
+        values = Config.load(args.config).to_dict()
+        values.pop("category", None)
+    for name in ("mode", "image_size", "epochs", "max_minutes", "seed", "batch_size", "lr"):
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    return Config.for_category(category, **values)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", required=True, help="folder holding <category>/train, test, ground_truth")
+    p.add_argument("--category", action="append", required=True, help="category name; repeat for several")
+    p.add_argument("--out", required=True, help="runs folder: RUNS/<category>/ gets checkpoints and results")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .env import get_device, seed_everything
+    from .train import fit, is_finished
+
+    device = get_device(args.device)
+    for category in args.category:
+        cfg = _config_from_args(args, category)
+        seed_everything(cfg.seed)
+        run_dir = Path(args.out) / category
+        if is_finished(run_dir, cfg):
+            print(f"{category}: already trained in {run_dir}; delete it or raise --epochs to train more")
+            continue
+        result = fit(cfg, args.data_root, run_dir, device=device)
+        print(
+            f"{category}: {result.status} after {result.epochs_done} epochs in {result.seconds:.0f} s, "
+            f"best val loss {result.best_val_loss:.5f} -> {result.best_path}"
+        )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .env import get_device
+    from .evaluate import evaluate, load_results, write_summary
+    from .viz import save_report
+
+    device = get_device(args.device)
+    results = []
+    for category in args.category:
+        result = evaluate(Path(args.out) / category, args.data_root, category, args.out, device, export=args.export)
+        save_report(result, Path(args.out) / category)
+        m = result.metrics
+        print(
+            f"{category}: image AUROC {m['image_auroc']:.3f}  pixel AUROC {m['pixel_auroc']:.3f}  "
+            f"AU-PRO {m['au_pro']:.3f}  -> {Path(args.out) / category / 'results.json'}"
+        )
+        results.append(load_results(Path(args.out) / category))
+    md, _ = write_summary(results, args.out)
+    print(md.read_text())
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .evaluate import load_results, write_summary
+
+    found = sorted(Path(args.out).glob("*/results.json"))
+    if not found:
+        print(f"no */results.json under {args.out}; run `python -m colab_utils evaluate` first", file=sys.stderr)
+        return 2
+    md, csv = write_summary([load_results(p) for p in found], args.out)
+    print(md.read_text())
+    print(f"written {md} and {csv}")
+    return 0
+
+
+def cmd_make_sample(args: argparse.Namespace) -> int:
+    from .sample import make_sample
+
+    path = make_sample(args.dir, seed=args.seed)
+    print(f"sample category written to {path}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from . import download as dl
+
+    if args.drive_id:
+        archive = dl.download_from_drive(args.drive_id, Path(args.dest) / "mvtec_anomaly_detection.tar.xz", args.sha256)
+        dl.extract_categories(archive, args.dest, args.categories)
+    else:
+        dl.download_mvtec(args.dest, args.categories, url=args.url, sha256=args.sha256, archive=args.archive)
+    print(f"MVTec AD categories ready under {args.dest}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .runner import run_demo
+
+    return run_demo(args.out, profile=args.profile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m colab_utils", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train categories (resumes when run again)")
+    _add_common(p)
+    p.add_argument("--config", help="JSON/YAML config file (fields of colab_utils.config.Config)")
+    p.add_argument("--mode", choices=["unet", "feature"])
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate trained categories, write results.json and figures")
+    _add_common(p)
+    p.add_argument("--export", choices=["npy", "png16"], help="also write one anomaly map per test image")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("summary", help="table of every RUNS/*/results.json (markdown + CSV)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("make-sample", help="write the built-in sample category to DIR/sample")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_sample)
+
+    p = sub.add_parser("download", help="download and extract MVTec AD categories")
+    p.add_argument("dest")
+    p.add_argument("--categories", nargs="*", default=None)
+    p.add_argument("--archive", help="an already downloaded mvtec_anomaly_detection.tar.xz")
+    p.add_argument("--drive-id", help="Google Drive file id or link of the archive (through gdown)")
+    p.add_argument("--sha256", default=None, help="expected sha256 (default: the official archive's)")
+    p.add_argument("--url", default=None, help="archive URL (default: the official one)")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("demo", help="execute the four notebooks headless into OUT")
+    p.add_argument("--out", default="outputs")
+    p.add_argument("--profile", default="auto", choices=["auto", "smoke", "cpu", "gpu"])
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "download":
+        from . import download as dl
+
+        args.url = args.url or dl.MVTEC_URL
+        args.sha256 = args.sha256 or dl.MVTEC_SHA256
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+

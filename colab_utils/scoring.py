@@ -1,0 +1,227 @@
+"""From model outputs to per-pixel anomaly maps and image scores.
+
+Pixel U-Net (``mode="unet"``): at every output scale ``s`` the input is
+average-pooled by ``s`` and compared with the reconstruction of that scale:
+
+    err_s = map_l2_weight * mean_c (x_s - r_s)^2
+          + map_ssim_weight * mean_c (1 - SSIM(x_s, r_s))        # kornia.metrics.ssim, per-pixel map
+          + map_gms_weight * mean_c (1 - GMS(x_s, r_s))          # gradient-magnitude similarity
+
+each brought back to the input size (bilinear) and summed with
+``map_scale_weights``. Feature mode (``mode="feature"``): the map is the
+channel-mean squared error between the backbone's multi-scale features and
+their reconstruction, on the stride-4 grid, upsampled to the input size.
+
+Both maps are then smoothed with a Gaussian (``smooth_sigma`` pixels at
+256 px, scaled with the image size), and standardised with a
+:class:`MapNormalizer` fitted on held-out *good* training images, so that
+heatmaps of different images and the thresholds share one scale. Maps are
+never min-max normalised per image: that makes every good image look
+defective.
+
+Image score: the maximum of the map, or the mean of its top ``topk_fraction``
+pixels (``image_score="topk_mean"``), which is less sensitive to a single
+noisy pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import kornia
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import Config
+
+
+@dataclass
+class MapNormalizer:
+    """Affine standardisation of anomaly maps: ``(map - center) / scale``.
+
+    Fitted on maps of held-out good images: ``center`` is their pixel mean and
+    ``scale`` their pixel standard deviation, so a normalised value of 3 means
+    "three standard deviations above a normal pixel".
+    """
+
+    center: float = 0.0
+    scale: float = 1.0
+
+    @classmethod
+    def fit(cls, maps: Tensor | np.ndarray) -> MapNormalizer:
+        """Fit on good-image maps of any shape (float)."""
+        values = torch.as_tensor(maps, dtype=torch.float64).flatten()
+        std = float(values.std()) if values.numel() > 1 else 1.0
+        return cls(center=float(values.mean()), scale=std if std > 1e-12 else 1.0)
+
+    def __call__(self, maps: Tensor) -> Tensor:
+        return (maps - self.center) / self.scale
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float] | None) -> MapNormalizer:
+        return cls(**data) if data else cls()
+
+
+def gaussian_smooth(maps: Tensor, sigma: float) -> Tensor:
+    """Gaussian blur of (B,1,H,W) maps with std ``sigma`` pixels (no-op for sigma <= 0)."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    size = min(2 * radius + 1, 2 * (min(maps.shape[-2:]) // 2) - 1)
+    return kornia.filters.gaussian_blur2d(maps, (size, size), (sigma, sigma), border_type="reflect")
+
+
+def _gms_dissimilarity(x: Tensor, r: Tensor, c: float = 0.0026) -> Tensor:
+    """Per-pixel 1 - gradient-magnitude similarity, (B,C,H,W) in [0, 1]."""
+    gx = kornia.filters.sobel(x)
+    gr = kornia.filters.sobel(r)
+    return 1.0 - (2 * gx * gr + c) / (gx**2 + gr**2 + c)
+
+
+def pixel_error_map(images: Tensor, recons: dict[int, Tensor], config: Config) -> Tensor:
+    """Multi-scale reconstruction error of the pixel U-Net.
+
+    images: (B,C,H,W) in [0,1]; recons: {scale: (B,C,H/s,W/s) in [0,1]}.
+    Returns (B,1,H,W) unsmoothed error, >= 0.
+    """
+    size = images.shape[-2:]
+    total = torch.zeros(images.shape[0], 1, *size, device=images.device, dtype=torch.float32)
+    for scale, weight in zip(config.out_scales, config.map_scale_weights):
+        if weight == 0 or scale not in recons:
+            continue
+        r = recons[scale].float()
+        x = images if scale == 1 else F.avg_pool2d(images, scale)
+        err = torch.zeros_like(x[:, :1])
+        if config.map_l2_weight:
+            err = err + config.map_l2_weight * ((x - r) ** 2).mean(1, keepdim=True)
+        if config.map_ssim_weight:
+            window = min(config.ssim_window, (min(x.shape[-2:]) // 2) * 2 - 1)
+            ssim = kornia.metrics.ssim(x, r, window, max_val=1.0)
+            err = err + config.map_ssim_weight * (1.0 - ssim).mean(1, keepdim=True)
+        if config.map_gms_weight:
+            err = err + config.map_gms_weight * _gms_dissimilarity(x, r).mean(1, keepdim=True)
+        if scale != 1:
+            err = F.interpolate(err, size=size, mode="bilinear", align_corners=False)
+        total = total + weight * err
+    return total
+
+
+def feature_error_map(features: Tensor, recon: Tensor, size: tuple[int, int]) -> Tensor:
+    """Channel-mean squared feature error, (B,F,h,w) x2 -> (B,1,H,W) upsampled to ``size``."""
+    err = ((features.float() - recon.float()) ** 2).mean(1, keepdim=True)
+    return F.interpolate(err, size=size, mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def anomaly_maps(model: nn.Module, images: Tensor, config: Config) -> tuple[Tensor, Tensor | None]:
+    """Smoothed, un-normalised anomaly maps for a batch.
+
+    images: (B,C,H,W) float in [0,1] on the model's device.
+    Returns maps (B,1,H,W) float32 and the full-size reconstruction (B,C,H,W) in
+    [0,1] for the pixel U-Net, or ``None`` in feature mode.
+    """
+    outputs = model(images)
+    if config.mode == "feature":
+        raw = feature_error_map(outputs["features"], outputs[1], images.shape[-2:])
+        recon = None
+    else:
+        raw = pixel_error_map(images, outputs, config)
+        recon = outputs[1].float().clamp(0, 1)
+    sigma = config.smooth_sigma * images.shape[-1] / 256.0
+    return gaussian_smooth(raw.float(), sigma), recon
+
+
+def image_scores(maps: Tensor, config: Config) -> Tensor:
+    """Image scores (B,) from maps (B,1,H,W): the max, or the mean of the top-k pixels."""
+    flat = maps.flatten(1)
+    if config.image_score == "max":
+        return flat.max(1).values
+    k = max(1, int(round(config.topk_fraction * flat.shape[1])))
+    return flat.topk(k, dim=1).values.mean(1)
+
+
+def to_float(images_uint8: Tensor, device: torch.device | str) -> Tensor:
+    """uint8 (B,C,H,W) 0..255 -> float32 (B,C,H,W) in [0,1] on ``device``."""
+    return images_uint8.to(device, non_blocking=True).float().div_(255.0)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images_uint8: Tensor,
+    config: Config,
+    device: torch.device | str,
+    normalizer: MapNormalizer | None = None,
+    batch_size: int = 16,
+    keep_recons: bool = True,
+    progress: bool = False,
+    desc: str = "inference",
+) -> dict[str, Any]:
+    """Run the model over cached images in batches.
+
+    images_uint8: (N,C,H,W) uint8. Returns a dict of numpy arrays:
+    ``maps`` float32 (N,H,W) (normalised when ``normalizer`` is given),
+    ``scores`` float32 (N,), ``recons`` uint8 (N,C,H,W) or ``None``.
+    """
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    maps_out, scores_out, recons_out = [], [], []
+    starts = range(0, len(images_uint8), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        batch = to_float(images_uint8[start : start + batch_size], device)
+        maps, recon = anomaly_maps(model, batch, config)
+        if normalizer is not None:
+            maps = normalizer(maps)
+        scores_out.append(image_scores(maps, config).cpu())
+        maps_out.append(maps[:, 0].cpu())
+        if recon is not None and keep_recons:
+            recons_out.append((recon * 255.0).round().to(torch.uint8).cpu())
+    model.train(was_training)
+    empty = torch.zeros(0, *images_uint8.shape[-2:])
+    return {
+        "maps": torch.cat(maps_out).numpy() if maps_out else empty.numpy(),
+        "scores": torch.cat(scores_out).numpy() if scores_out else np.zeros(0, np.float32),
+        "recons": torch.cat(recons_out).numpy() if recons_out else None,
+    }
+
+
+def calibrate(
+    model: nn.Module,
+    good_images_uint8: Tensor,
+    config: Config,
+    device: torch.device | str,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Normalisation and default thresholds from held-out good images only.
+
+    Returns ``{"normalizer": {...}, "image_threshold": float, "pixel_threshold": float,
+    "good_scores": list[float]}``. The image threshold is the
+    ``threshold_percentile`` percentile of the good images' scores; the pixel
+    threshold is the same value when scores are map maxima (so an image is
+    flagged exactly when its predicted mask is non-empty), otherwise the same
+    percentile of the good images' map maxima.
+    """
+    raw = predict(model, good_images_uint8, config, device, None, batch_size, keep_recons=False)
+    normalizer = MapNormalizer.fit(raw["maps"]) if config.normalize_maps else MapNormalizer()
+    maps = normalizer(torch.from_numpy(raw["maps"])[:, None])
+    scores = image_scores(maps, config).numpy()
+    maxima = maps.flatten(1).max(1).values.numpy()
+    image_threshold = float(np.percentile(scores, config.threshold_percentile))
+    pixel_threshold = (
+        image_threshold if config.image_score == "max" else float(np.percentile(maxima, config.threshold_percentile))
+    )
+    return {
+        "normalizer": normalizer.to_dict(),
+        "image_threshold": image_threshold,
+        "pixel_threshold": pixel_threshold,
+        "good_scores": [float(s) for s in scores],
+    }

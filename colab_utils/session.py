@@ -1,0 +1,291 @@
+"""Glue the notebooks call, so their cells stay short: setup, folders, profiles, tables.
+
+Everything here is a thin composition of the layers below (env, data, sample,
+config, train, evaluate); nothing here trains or scores by itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import env
+from .config import PROFILES, Config
+from .data import DataError, count_table, find_categories, load_split
+from .sample import make_sample
+
+
+@dataclass
+class Session:
+    """What the Setup cell found: where we run and on what."""
+
+    in_colab: bool
+    device: torch.device
+    description: str
+
+
+def setup(seed: int = 0, mount: bool = True, log: Any = print) -> Session:
+    """Mount Drive (Colab only), pick the device, seed everything, and say what was found."""
+    colab = env.in_colab()
+    if colab and mount:
+        env.mount_drive()
+    device = env.get_device()
+    env.seed_everything(seed)
+    description = env.describe_device(device)
+    log(f"{'Colab' if colab else 'local'} session on {description}")
+    return Session(in_colab=colab, device=device, description=description)
+
+
+def pick_profile(profile: str, device: torch.device | str, smoke: bool | None = None) -> str:
+    """Resolve ``"auto"``: ``"smoke"`` when the SMOKE environment variable is set, else ``"gpu"``/``"cpu"``."""
+    if smoke is None:
+        smoke = env.running_smoke()
+    if smoke:
+        return "smoke"
+    if profile == "auto":
+        return "gpu" if torch.device(device).type == "cuda" else "cpu"
+    if profile not in PROFILES:
+        raise ValueError(f"PROFILE={profile!r} unknown; use 'auto' or one of {sorted(PROFILES)}")
+    return profile
+
+
+def resolve_data_root(data_root: str | Path | None, fallback_dir: str | Path) -> Path:
+    """The data folder to use.
+
+    ``data_root`` when given (it must exist). Otherwise ``$MVTEC_ROOT`` when
+    set; otherwise the built-in ``sample`` category, generated once under
+    ``fallback_dir``.
+    """
+    if data_root is not None:
+        root = Path(data_root).expanduser()
+        if not root.is_dir():
+            raise DataError(
+                f"DATA_ROOT={str(root)!r} does not exist. Download MVTec AD there "
+                f"(python -m colab_utils download {root}) or set DATA_ROOT = None to use the built-in sample"
+            )
+        return root
+    if os.environ.get("MVTEC_ROOT"):
+        return resolve_data_root(os.environ["MVTEC_ROOT"], fallback_dir)
+    return make_sample(Path(fallback_dir), seed=0).parent
+
+
+def check_categories(data_root: str | Path, categories: list[str] | None) -> list[str]:
+    """The categories to work on: ``categories`` (each must exist) or every one found."""
+    found = find_categories(data_root)
+    if categories is None:
+        if not found:
+            raise DataError(f"no category folders (<name>/train/good) under {data_root}; check DATA_ROOT")
+        return found
+    missing = [c for c in categories if c not in found]
+    if missing:
+        raise DataError(
+            f"categories {missing} not found under {data_root} (found: {found or 'none'}). "
+            "Download them (python -m colab_utils download) or edit CATEGORIES"
+        )
+    return list(categories)
+
+
+def make_config(category: str, profile: str, **overrides: Any) -> Config:
+    """``Config.for_category`` with the profile applied; ``None`` overrides are ignored."""
+    return Config.for_category(category, profile=profile, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None, digits: int = 3) -> str:
+    """A markdown table of ``rows`` (dicts), floats rounded to ``digits``."""
+    if not rows:
+        return "(no rows)"
+    columns = columns or list(rows[0])
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "–" if not np.isfinite(v) else f"{v:.{digits}f}"
+        return "–" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def counts(data_root: str | Path, categories: list[str]) -> list[dict[str, Any]]:
+    """Count rows (category, split, defect type, count) for every category."""
+    return [row for c in categories for row in count_table(data_root, c)]
+
+
+def category_stats(data_root: str | Path, category: str, image_size: int = 256) -> dict[str, Any]:
+    """Source sizes, colour mode and intensity statistics, train-good versus test-good.
+
+    Reads each file's header for the size and mode, and the cached uint8 images
+    for the per-channel mean and standard deviation (in [0, 1]).
+    """
+    from PIL import Image
+
+    train = load_split(data_root, category, "train", image_size, 3)
+    test = load_split(data_root, category, "test", image_size, 3)
+    sizes, modes = set(), set()
+    for path in train.paths[:20] + test.paths[:20]:
+        with Image.open(path) as im:
+            sizes.add(im.size)
+            modes.add(im.mode)
+    good = test.subset([i for i, t in enumerate(test.defect_types) if t == "good"])
+
+    def stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+        x = images.float() / 255.0
+        return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
+
+    train_mean, train_std = stats(train.images)
+    good_mean, good_std = stats(good.images) if len(good) else ([float("nan")] * 3, [float("nan")] * 3)
+    return {
+        "category": category,
+        "source_sizes": sorted(sizes),
+        "modes": sorted(modes),
+        "train_mean": train_mean,
+        "train_std": train_std,
+        "test_good_mean": good_mean,
+        "test_good_std": good_std,
+        "brightness_shift": float(np.mean(good_mean) - np.mean(train_mean)),
+    }
+
+
+@dataclass
+class Folders:
+    """The three folders a notebook works with."""
+
+    data_root: Path
+    runs_dir: Path
+    outputs_dir: Path
+
+
+def folders(data_root: str | Path | None, runs_dir: str | Path | None, outputs_dir: str | Path | None) -> Folders:
+    """Resolve DATA_ROOT / RUNS_DIR / OUTPUTS_DIR of a config cell.
+
+    ``None`` means the default: Drive folders in Colab, local ``outputs/``
+    elsewhere (see :func:`colab_utils.env.resolve_paths`). A data root that
+    does not exist falls back to ``$MVTEC_ROOT`` and then to the built-in
+    sample only when the user left ``DATA_ROOT = None``.
+    """
+    paths = env.resolve_paths(data_root=data_root, runs_dir=runs_dir, outputs_dir=outputs_dir)
+    outputs = Path(paths.outputs_dir)
+    if data_root is not None:
+        root = resolve_data_root(data_root, outputs / "data")
+    elif Path(paths.data_root).is_dir() and find_categories(paths.data_root):
+        root = Path(paths.data_root)
+    else:
+        root = resolve_data_root(None, outputs / "data")
+    runs = Path(paths.runs_dir)
+    runs.mkdir(parents=True, exist_ok=True)
+    outputs.mkdir(parents=True, exist_ok=True)
+    return Folders(data_root=root, runs_dir=runs, outputs_dir=outputs)
+
+
+def examples(
+    data_root: str | Path, category: str, per_type: int, image_size: int = 256, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``per_type`` test images of every defect type (good first): uint8 images (N,C,H,W), masks (N,1,H,W), titles."""
+    test = load_split(data_root, category, "test", image_size, 3)
+    rng = np.random.default_rng(seed)
+    types = sorted(set(test.defect_types), key=lambda t: (t != "good", t))
+    picked: list[int] = []
+    for t in types:
+        idx = [i for i, d in enumerate(test.defect_types) if d == t]
+        picked += sorted(rng.choice(idx, size=min(per_type, len(idx)), replace=False).tolist())
+    titles = [f"{category}/{test.defect_types[i]}" for i in picked]
+    return test.images[picked], test.masks[picked], titles
+
+
+def stats_rows(stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flatten :func:`category_stats` results into table rows (means of the channels)."""
+    return [
+        {
+            "category": s["category"],
+            "source size": ", ".join(f"{w}x{h}" for w, h in s["source_sizes"]),
+            "mode": ", ".join(s["modes"]),
+            "train mean": float(np.mean(s["train_mean"])),
+            "test-good mean": float(np.mean(s["test_good_mean"])),
+            "train std": float(np.mean(s["train_std"])),
+            "test-good std": float(np.mean(s["test_good_std"])),
+            "brightness shift": s["brightness_shift"],
+        }
+        for s in stats
+    ]
+
+
+def config_row(cfg: Config) -> dict[str, Any]:
+    """The settings a user checks before training, as one table row."""
+    return {
+        "category": cfg.category,
+        "mode": cfg.mode,
+        "image size": cfg.image_size,
+        "epochs": cfg.epochs,
+        "batch": cfg.batch_size,
+        "lr": cfg.lr,
+        "augment": ", ".join(cfg.augmentations) or "none",
+        "backbone" if cfg.mode == "feature" else "U-Net width": cfg.backbone if cfg.mode == "feature" else cfg.base_width,
+    }
+
+
+def train(cfg: Config, paths: Folders, device: torch.device | str, progress: bool = True) -> Any:
+    """Train (or resume, or load when finished) ``cfg.category`` into ``paths.runs_dir/<category>``."""
+    from .train import fit
+
+    return fit(cfg, paths.data_root, paths.runs_dir / cfg.category, device=device, progress=progress)
+
+
+def holdout_preview(result: Any, data_root: str | Path, n: int = 4) -> dict[str, Any]:
+    """Scores of ``n`` held-out good training images: images, reconstructions (U-Net) and maps.
+
+    Returns ``{"images": uint8 (n,C,H,W), "recons": uint8 (n,C,H,W) | None,
+    "maps": float32 (n,H,W), "threshold": float}``; maps are normalised with the
+    run's calibration, so values above ``threshold`` would be flagged.
+    """
+    from .scoring import MapNormalizer, predict
+    from .train import load_data
+
+    _, val_set = load_data(result.config, data_root)
+    device = next(result.model.parameters()).device
+    images = val_set.images[:n]
+    normalizer = MapNormalizer.from_dict(result.calibration.get("normalizer"))
+    pred = predict(result.model, images, result.config, device, normalizer)
+    return {
+        "images": images.numpy(),
+        "recons": pred["recons"],
+        "maps": pred["maps"],
+        "threshold": float(result.calibration.get("pixel_threshold", float("nan"))),
+    }
+
+
+def evaluate_all(
+    categories: list[str],
+    paths: Folders,
+    device: torch.device | str,
+    export: str | None = None,
+    batch_size: int = 16,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every category's run; with ``write``, save results.json, figures and the summary table."""
+    from .evaluate import evaluate, load_results, write_summary
+
+    evals = {}
+    for category in categories:
+        run = paths.runs_dir / category
+        out = paths.runs_dir if write else None
+        evals[category] = evaluate(run, paths.data_root, category, out, device, batch_size, export=export if write else None)
+        if write:
+            from .viz import save_report
+
+            save_report(evals[category], run)
+    if write:
+        found = sorted(paths.runs_dir.glob("*/results.json"))
+        write_summary([load_results(p) for p in found], paths.runs_dir)
+    return evals
+
+
+def anchor_table() -> dict[str, dict[str, tuple[float | None, float | None]]]:
+    """Published reference figures (percent) to show beside ours."""
+    from .anchors import ANCHORS
+
+    return ANCHORS

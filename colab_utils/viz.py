@@ -1,0 +1,1306 @@
+"""Figures and the interactive gallery of the notebook suite.
+
+Everything here reads :class:`colab_utils.evaluate.EvalResult` objects (or plain numpy arrays) and draws;
+nothing here trains, scores or computes a metric that is reported (curves come from
+:mod:`colab_utils.metrics`).
+
+Conventions
+
+- Figure functions return a :class:`matplotlib.figure.Figure` and never call ``plt.show()``. Figures are
+  created through pyplot and left open, so Jupyter/Colab's inline backend shows every figure a cell made when
+  the cell ends (inside loops too) and then closes it. When such a call is the last line of a cell, end it
+  with ``;`` or the returned Figure is shown a second time. Scripts should ``plt.close(fig)`` when done.
+  When an ``ax`` is passed, the drawing goes there and the caller's figure is returned.
+  ``save_path`` writes a PNG (or any format matplotlib knows by the suffix).
+- Images are uint8 (N, C, H, W) in 0..255 with C = 1 (grayscale, shown as gray) or 3 (RGB); float images
+  are taken as [0, 1]. Torch tensors are accepted wherever arrays are.
+- Anomaly maps of one category are always drawn on ONE shared colour scale (see :func:`map_scale`),
+  never min-max scaled per image: per-image scaling stretches the noise of a good image to full red and
+  makes every good image look defective.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .evaluate import EvalResult
+
+__all__ = [
+    "Gallery",
+    "SORT_OPTIONS",
+    "build_gallery",
+    "heatmap_overlay",
+    "map_scale",
+    "metrics_table",
+    "plot_counts",
+    "plot_history",
+    "plot_per_defect",
+    "plot_pro",
+    "plot_roc",
+    "plot_score_histogram",
+    "save_gallery_html",
+    "save_gallery_png",
+    "show_reconstructions",
+    "show_samples",
+    "show_worst",
+]
+
+#: Orderings offered by the gallery's ``sort`` dropdown.
+SORT_OPTIONS = ("file order", "score (high first)", "worst false positives", "worst false negatives")
+
+_DPI = 110
+_MAX_CURVE_POINTS = 5000  # points drawn per curve (drawing only; metrics are computed elsewhere)
+_PRED_COLOUR = (1.0, 0.15, 0.15)  # predicted defect pixels
+_GT_COLOUR = (0.1, 0.9, 0.2)  # ground-truth defect pixels
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _np(x: Any) -> np.ndarray:
+    """numpy view of an array or a (CPU/GPU) torch tensor."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _as_list(results: EvalResult | Iterable[EvalResult] | Mapping[str, EvalResult]) -> list[EvalResult]:
+    if isinstance(results, EvalResult):
+        return [results]
+    if isinstance(results, Mapping):
+        return list(results.values())
+    return list(results)
+
+
+def _pct(value: Any) -> str:
+    """A fraction in [0, 1] as a percentage with one decimal; ``n/a`` for missing/NaN."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if not np.isfinite(v) else f"{100.0 * v:.1f}"
+
+
+def _new_axes(ax=None, nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.0, 4.5), **kwargs):
+    """(fig, axes): a new pyplot figure, or the figure of the given ``ax`` and that ``ax``."""
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax.figure, ax
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, dpi=_DPI, **kwargs)
+    return fig, axes
+
+
+def _finish(fig, save_path: str | Path | None):
+    """Save when asked; return ``fig`` (left open in pyplot, see the module docstring)."""
+    if save_path is not None:
+        path = Path(save_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+    return fig
+
+
+def _rgb_float(image: Any) -> np.ndarray:
+    """One image (C, H, W) with C in {1, 3} (or (H, W)), uint8 0..255 or float [0, 1] -> float32 (H, W, 3) in [0, 1]."""
+    img = _np(image)
+    if img.ndim == 2:
+        img = img[None]
+    if img.ndim != 3 or img.shape[0] not in (1, 3):
+        raise ValueError(f"expected one image of shape (C, H, W) with C in (1, 3), got {img.shape}")
+    out = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else np.clip(img.astype(np.float32), 0.0, 1.0)
+    out = np.moveaxis(out, 0, -1)
+    return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
+
+
+def _to_u8(rgb: np.ndarray) -> np.ndarray:
+    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _mask2d(mask: Any) -> np.ndarray:
+    """(1, H, W) or (H, W) mask -> bool (H, W)."""
+    m = _np(mask)
+    if m.ndim == 3:
+        m = m[0]
+    return m > 0.5
+
+
+@lru_cache(maxsize=16)
+def _lut(cmap: str) -> np.ndarray:
+    """(256, 3) float32 RGB lookup table of a matplotlib colour map."""
+    from matplotlib import colormaps
+
+    return colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------- heatmaps
+def map_scale(result: EvalResult, high_percentile: float = 99.9) -> tuple[float, float]:
+    """The shared heatmap colour scale ``(vmin, vmax)`` of one category.
+
+    ``vmin`` is the default pixel threshold ``thresholds["pixel_default"]`` (set from held-out good images):
+    everything at or below it gets the bottom colour, so good images look uniformly "cold". ``vmax`` is the
+    ``high_percentile`` of all test-map values of the category (falling back to the maximum, and to a small
+    margin above ``vmin`` when nothing exceeds it). Use the same pair for every image of the category.
+    """
+    vmin = float(result.thresholds["pixel_default"])
+    maps = _np(result.maps)
+    sub = maps[..., ::2, ::2] if maps.size > 4_000_000 else maps  # percentile of a 1/4 sample is plenty
+    vmax = float(np.nanpercentile(sub, high_percentile)) if sub.size else vmin
+    if not vmax > vmin:
+        vmax = float(np.nanmax(maps)) if maps.size else vmin
+    if not vmax > vmin:
+        vmax = vmin + max(abs(vmin) * 0.5, 1e-6)
+    return vmin, vmax
+
+
+def heatmap_overlay(
+    image: Any, amap: Any, vmin: float, vmax: float, alpha: float = 0.5, cmap: str = "jet"
+) -> np.ndarray:
+    """Blend a colour-mapped anomaly map over an image.
+
+    Args:
+        image: one image, uint8 (C, H, W) in 0..255 (or float in [0, 1]); C = 1 is shown as gray RGB.
+        amap: float (H, W) anomaly map (higher = more anomalous); (1, H, W) is accepted.
+        vmin, vmax: the colour scale: values <= vmin get the bottom colour, >= vmax the top colour.
+            They must be SHARED by all images that are compared (e.g. :func:`map_scale` of the category:
+            the default pixel threshold and a high percentile of the category's maps). Never pass the
+            per-image min and max: that stretches the faint noise of a good image to full red, so every
+            good image would look defective and images could not be compared.
+        alpha: opacity of the colour map in [0, 1] (0 = image only, 1 = colour map only).
+        cmap: matplotlib colour map name (``"jet"``, ``"inferno"``, ...).
+
+    Returns:
+        float32 RGB (H, W, 3) in [0, 1]. The same map value gives the same colour in every image.
+    """
+    if not vmax > vmin:
+        raise ValueError(f"heatmap_overlay needs vmax > vmin, got vmin={vmin}, vmax={vmax}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    rgb = _rgb_float(image)
+    m = _np(amap).astype(np.float32)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.shape != rgb.shape[:2]:
+        raise ValueError(f"map shape {m.shape} does not match image size {rgb.shape[:2]}")
+    t = np.clip((np.nan_to_num(m, nan=vmin) - vmin) / (vmax - vmin), 0.0, 1.0)
+    colours = _lut(cmap)[np.rint(t * 255.0).astype(np.intp)]
+    return ((1.0 - alpha) * rgb + alpha * colours).astype(np.float32)
+
+
+def _tint(image_rgb: np.ndarray, mask: np.ndarray, colour: tuple[float, float, float]) -> np.ndarray:
+    """Dimmed image with ``mask`` pixels painted in ``colour``: float (H, W, 3) in [0, 1]."""
+    out = 0.35 * image_rgb
+    out[mask] = 0.25 * image_rgb[mask] + 0.75 * np.asarray(colour, np.float32)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ data plots
+_SPLIT_ORDER = {"train": 0, "val": 1, "validation": 1, "test": 2}
+
+
+def plot_counts(rows: Sequence[Mapping[str, Any]], ax=None, save_path: str | Path | None = None):
+    """Horizontal bar chart of image counts, one bar group per category.
+
+    Args:
+        rows: dicts ``{"category", "split", "defect_type", "count"}`` (as from ``data.count_table``; rows of
+            several categories may be concatenated). Within a group: train first, then test good, then the
+            test defect types; bars are coloured by kind (train good / test good / test defective).
+    Returns:
+        The Figure (one axes; one bar per row).
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("plot_counts needs at least one row")
+    categories = list(dict.fromkeys(r["category"] for r in rows))
+    n_bars = len(rows) + len(categories) - 1
+    fig, ax = _new_axes(ax, figsize=(7.0, max(2.0, 0.28 * n_bars + 1.0)))
+    colours = {"train": "tab:blue", "test good": "tab:green", "test defective": "tab:orange"}
+    y, ticks, labels, used = 0, [], [], set()
+    for cat in categories:
+        group = sorted(
+            (r for r in rows if r["category"] == cat),
+            key=lambda r: (_SPLIT_ORDER.get(r["split"], 3), r["defect_type"] != "good"),
+        )
+        for r in group:
+            kind = (
+                "train" if r["split"] != "test" else ("test good" if r["defect_type"] == "good" else "test defective")
+            )
+            ax.barh(y, r["count"], color=colours[kind], label=None if kind in used else kind)
+            used.add(kind)
+            ax.text(r["count"], y, f" {r['count']}", va="center", fontsize=8)
+            ticks.append(y)
+            labels.append(
+                f"{cat}: {r['split']}/{r['defect_type']}" if len(categories) > 1 else f"{r['split']}/{r['defect_type']}"
+            )
+            y += 1
+        y += 1  # gap between groups
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("images")
+    ax.set_title("Images per split and defect type" + (f" ({categories[0]})" if len(categories) == 1 else ""))
+    ax.margins(x=0.12)
+    ax.legend(loc="lower right", fontsize=8)
+    return _finish(fig, save_path)
+
+
+def show_samples(
+    images: Any,
+    masks: Any = None,
+    titles: Sequence[str] | None = None,
+    ncols: int = 4,
+    title: str | None = None,
+    save_path: str | Path | None = None,
+):
+    """Grid of images with the ground-truth defect region drawn on top (red fill + contour).
+
+    Args:
+        images: uint8 (N, C, H, W) in 0..255 (float [0, 1] accepted), C in {1, 3}.
+        masks: (N, 1, H, W) or (N, H, W) in {0, 1}, or None.
+        titles: N strings (e.g. defect types), or None.
+        ncols: grid columns.
+        title: optional figure title (e.g. the category).
+    Returns:
+        The Figure, with exactly N image axes.
+    """
+    imgs = _np(images)
+    n = len(imgs)
+    if n == 0:
+        raise ValueError("show_samples needs at least one image")
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig, axes = _new_axes(None, nrows, ncols, figsize=(2.6 * ncols, 2.7 * nrows), squeeze=False)
+    m_all = None if masks is None else _np(masks)
+    for k, ax in enumerate(axes.ravel()):
+        if k >= n:
+            fig.delaxes(ax)
+            continue
+        ax.imshow(_rgb_float(imgs[k]), interpolation="nearest")
+        if m_all is not None:
+            m = _mask2d(m_all[k])
+            if m.any():
+                fill = np.zeros((*m.shape, 4), np.float32)
+                fill[m] = (1.0, 0.0, 0.0, 0.3)
+                ax.imshow(fill, interpolation="nearest")
+                ax.contour(m.astype(np.float32), levels=[0.5], colors="red", linewidths=1.0)
+        if titles is not None:
+            ax.set_title(str(titles[k]), fontsize=9)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig, save_path)
+
+
+# ----------------------------------------------------------------------------------------- training
+_NOT_LOSS_KEYS = ("lr", "epoch", "time", "seconds", "step")
+_TOTAL_KEYS = ("loss", "train_loss", "val_loss", "valid_loss", "validation_loss")
+
+
+def plot_history(
+    history: Mapping[str, Sequence[float]],
+    log_y: bool = False,
+    terms: bool = True,
+    title: str | None = None,
+    save_path: str | Path | None = None,
+):
+    """Loss curves over epochs.
+
+    Args:
+        history: ``{name: per-epoch values}`` as saved by ``train.fit``: ``train_loss``, ``val_loss``, per-term
+            keys such as ``train_mse``, ``val_ssim``, and optionally ``epoch`` (the x values; a list shorter than
+            ``epoch`` is aligned to its end, e.g. a term that was added on resume; without ``epoch`` entry ``e``
+            is epoch ``e + 1``). ``None``/NaN entries (epochs without validation) are skipped. Keys that are not
+            losses (``lr``, ``epoch``, anything with ``time``/``seconds``/``step``) and non-list values are
+            ignored.
+        log_y: logarithmic loss axis (non-positive values are masked).
+        terms: draw per-term keys in a second panel (when there are any).
+        title: optional prefix of the panel titles (e.g. the category).
+    Returns:
+        The Figure: one axes with the totals (``train_loss``, ``val_loss``, ``loss``), plus a second axes with
+        the other (per-term) curves.
+        Train curves are solid, validation curves dashed in the same colour; the best validation epoch is marked.
+    """
+    series: dict[str, np.ndarray] = {}
+    for key, values in history.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not len(values):
+            continue
+        if any(word in key.lower() for word in _NOT_LOSS_KEYS):
+            continue
+        try:
+            series[key] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+        except (TypeError, ValueError):
+            continue
+    if not series:
+        raise ValueError(f"plot_history found no per-epoch loss lists in keys {sorted(history)}")
+    totals = [k for k in series if k in _TOTAL_KEYS]
+    others = [k for k in series if k not in totals]
+    if not totals:
+        totals, others = others, []
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = history.get("epoch")
+    try:
+        epochs = np.asarray(epochs, dtype=np.float64) if epochs is not None and len(epochs) else None
+    except (TypeError, ValueError):
+        epochs = None
+
+    panels = [("loss", totals)] + ([("loss terms", others)] if terms and others else [])
+    fig, axes = _new_axes(None, 1, len(panels), figsize=(6.0 * len(panels), 4.0), squeeze=False)
+
+    def base(key: str) -> str:
+        for prefix in ("train_", "val_", "valid_", "validation_"):
+            if key.startswith(prefix):
+                return key[len(prefix) :]
+        return key
+
+    for ax, (panel, keys) in zip(axes[0], panels):
+        bases = list(dict.fromkeys(base(k) for k in keys))
+        for key in keys:
+            y = series[key]
+            x = (
+                epochs[len(epochs) - len(y) :]
+                if epochs is not None and len(y) <= len(epochs)
+                else np.arange(1, len(y) + 1)
+            )
+            ok = np.isfinite(y)
+            is_val = key.startswith(("val", "valid"))
+            colour = f"C{bases.index(base(key)) % 10}"
+            ax.plot(
+                x[ok], y[ok], "--" if is_val else "-", color=colour, label=key, marker="." if ok.sum() < 30 else None
+            )
+            if is_val and ok.any():
+                best = int(np.nanargmin(y))
+                ax.scatter([x[best]], [y[best]], color=colour, zorder=3, s=30)
+        if log_y:
+            ax.set_yscale("log", nonpositive="mask")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(panel + (" (log)" if log_y else ""))
+        name = "Training history" if panel == "loss" else "Loss terms"
+        ax.set_title(f"{title}: {name}" if title else name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _finish(fig, save_path)
+
+
+def show_reconstructions(
+    images: Any, recons: Any, n: int = 6, title: str | None = None, save_path: str | Path | None = None
+):
+    """Three rows: inputs, reconstructions, and their absolute difference (mean over channels).
+
+    Args:
+        images, recons: (N, C, H, W), uint8 0..255 or float [0, 1] (numpy or torch).
+        n: number of columns (the first ``n`` images).
+        title: optional figure title (default "Reconstructions").
+    Returns:
+        The Figure: 3 * n image axes plus one colorbar axes. The difference row shares one colour scale
+        (0 .. the largest difference shown), so brighter means a worse reconstruction in every column.
+    """
+    imgs, recs = _np(images), _np(recons)
+    if imgs.shape[0] != recs.shape[0]:
+        raise ValueError(f"images ({imgs.shape}) and recons ({recs.shape}) differ in length")
+    n = max(1, min(n, len(imgs)))
+    inp = [_rgb_float(imgs[k]) for k in range(n)]
+    rec = [_rgb_float(recs[k]) for k in range(n)]
+    diff = [np.abs(a - b).mean(axis=-1) for a, b in zip(inp, rec)]
+    dmax = max(float(max(d.max() for d in diff)), 1e-6)
+    fig, axes = _new_axes(None, 3, n, figsize=(2.2 * n + 0.8, 6.8), squeeze=False, layout="constrained")
+    im = None
+    for k in range(n):
+        axes[0, k].imshow(inp[k], interpolation="nearest")
+        axes[1, k].imshow(rec[k], interpolation="nearest")
+        im = axes[2, k].imshow(diff[k], cmap="inferno", vmin=0.0, vmax=dmax, interpolation="nearest")
+        for r in range(3):
+            axes[r, k].set_xticks([])
+            axes[r, k].set_yticks([])
+    for r, name in enumerate(("input", "reconstruction", "|difference|")):
+        axes[r, 0].set_ylabel(name)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.3, anchor=(0.0, 0.0), label="|difference|")
+    fig.suptitle(title or "Reconstructions")
+    return _finish(fig, save_path)
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def plot_roc(results, ax=None, save_path: str | Path | None = None):
+    """Image-level ROC curves, one line per category (AUROC in the legend) plus the dashed chance diagonal.
+
+    Args:
+        results: one :class:`EvalResult`, a list of them or a ``{category: EvalResult}`` dict. Categories
+            without both good and defective test images have no ROC and are listed as "no ROC" in the title.
+    Returns:
+        The Figure; its axes holds ``1 + number of categories with a curve`` lines.
+    """
+    from .metrics import roc_curve_points
+
+    fig, ax = _new_axes(ax, figsize=(5.5, 5.0))
+    ax.plot([0, 1], [0, 1], "--", color="0.6", lw=1, label="chance")
+    skipped = []
+    for r in _as_list(results):
+        labels = _np(r.labels)
+        if labels.min(initial=1) == labels.max(initial=0) or len(labels) == 0:
+            skipped.append(r.category)
+            continue
+        fpr, tpr, _ = roc_curve_points(labels, _np(r.scores))
+        ax.plot(fpr, tpr, lw=1.6, label=f"{r.category} (AUROC {_pct(r.metrics.get('image_auroc'))}%)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate (good images flagged)")
+    ax.set_ylabel("true positive rate (defective images caught)")
+    ax.set_title("Image-level ROC" + (f"\nno ROC (one class only): {', '.join(skipped)}" if skipped else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _finish(fig, save_path)
+
+
+def plot_pro(results, fpr_limit: float = 0.3, ax=None, save_path: str | Path | None = None):
+    """Per-region-overlap (PRO) curves up to ``fpr_limit`` (AU-PRO in the legend), dashed line at the limit.
+
+    Args:
+        results: one :class:`EvalResult`, a list or a dict. Curves come from ``metrics.pro_curve(masks, maps)``
+            with masks (N, H, W) and maps (N, H, W); categories without defect pixels are skipped.
+        fpr_limit: the integration limit of AU-PRO (0.3 by convention).
+    Returns:
+        The Figure; its axes holds one line per category with a curve (the limit is an extra vertical line).
+    """
+    from .metrics import pro_curve
+
+    fig, ax = _new_axes(ax, figsize=(6.0, 4.5))
+    skipped = []
+    for r in _as_list(results):
+        if not np.any(_np(r.masks)):
+            skipped.append(r.category)
+            continue
+        fpr, pro = (np.asarray(a, dtype=np.float64) for a in pro_curve(_np(r.masks), _np(r.maps)))
+        if fpr.size == 0:
+            skipped.append(r.category)
+            continue
+        order = np.argsort(fpr, kind="stable")
+        fpr, pro = fpr[order], pro[order]
+        keep = fpr <= fpr_limit
+        x, y = fpr[keep], pro[keep]
+        if keep.sum() < len(fpr) and len(x):  # close the curve exactly at the limit
+            x = np.append(x, fpr_limit)
+            y = np.append(y, np.interp(fpr_limit, fpr, pro))
+        if len(x) > _MAX_CURVE_POINTS:  # the exact curve can have millions of corners; thin for drawing only
+            pick = np.unique(np.linspace(0, len(x) - 1, _MAX_CURVE_POINTS).astype(np.intp))
+            x, y = x[pick], y[pick]
+        ax.plot(x, y, lw=1.6, label=f"{r.category} (AU-PRO {_pct(r.metrics.get('au_pro'))}%)")
+    ax.axvline(fpr_limit, color="0.4", ls="--", lw=1)
+    ax.text(
+        fpr_limit,
+        0.5,
+        f"integration limit FPR {fpr_limit:g} ",
+        color="0.3",
+        fontsize=8,
+        ha="right",
+        va="center",
+        rotation=90,
+    )
+    ax.set_xlim(0.0, fpr_limit * 1.05)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("pixel false positive rate")
+    ax.set_ylabel("per-region overlap (PRO)")
+    ax.set_title("PRO curves" + (f"\nno defect regions: {', '.join(skipped)}" if skipped else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _finish(fig, save_path)
+
+
+def plot_score_histogram(result: EvalResult, bins: int = 30, ax=None, save_path: str | Path | None = None):
+    """Histograms of image scores, good vs defective, with the default and the F1-optimal image thresholds.
+
+    The default threshold (``thresholds["image_default"]``) was set from held-out good images only and is the
+    one used for verdicts; the F1-optimal one (``thresholds["image_f1_optimal"]``) was fitted on the test labels
+    and is shown for reference only.
+    Returns:
+        The Figure (one axes; two histograms; one vertical line per finite threshold).
+    """
+    fig, ax = _new_axes(ax, figsize=(6.5, 4.0))
+    scores, labels = _np(result.scores).astype(np.float64), _np(result.labels)
+    edges = np.histogram_bin_edges(scores[np.isfinite(scores)], bins=bins)
+    for lab, name, colour in ((0, "good", "tab:green"), (1, "defective", "tab:red")):
+        s = scores[labels == lab]
+        ax.hist(s, bins=edges, alpha=0.55, color=colour, label=f"{name} ({len(s)})")
+    for key, name, style in (("image_default", "default threshold", "-"), ("image_f1_optimal", "F1-optimal", ":")):
+        v = float(result.thresholds.get(key, np.nan))
+        if np.isfinite(v):
+            ax.axvline(v, color="k", ls=style, lw=1.5, label=f"{name} = {v:.3g}")
+    ax.set_xlabel("image anomaly score")
+    ax.set_ylabel("images")
+    ax.set_title(f"Image scores: {result.category}")
+    ax.legend(fontsize=8)
+    return _finish(fig, save_path)
+
+
+def plot_per_defect(result: EvalResult, ax=None, save_path: str | Path | None = None):
+    """Horizontal bars of the image AUROC of each defect type against the good images
+    (``metrics["per_defect_image_auroc"]``, fractions), worst on top; dashed lines at chance (50 %) and at the
+    category's overall image AUROC.
+    Returns:
+        The Figure (one axes; one bar per defect type; a text note when there are none).
+    """
+    per = dict(result.metrics.get("per_defect_image_auroc") or {})
+    if not per:  # e.g. a user folder without defective test images: say so instead of failing the notebook
+        fig, ax = _new_axes(ax, figsize=(6.5, 1.5))
+        ax.text(0.5, 0.5, f"{result.category}: no per-defect AUROC (no defective test images)", ha="center")
+        ax.set_axis_off()
+        return _finish(fig, save_path)
+    items = sorted(per.items(), key=lambda kv: (np.nan_to_num(float(kv[1]), nan=-1.0), kv[0]))
+    names = [k for k, _ in items]
+    values = np.array([100.0 * float(v) for _, v in items])
+    fig, ax = _new_axes(ax, figsize=(6.5, 0.45 * len(names) + 1.5))
+    y = np.arange(len(names))
+    ax.barh(y, np.nan_to_num(values, nan=0.0), color="tab:blue")
+    for yi, v in zip(y, values):
+        ax.text(0 if np.isnan(v) else v, yi, " n/a" if np.isnan(v) else f" {v:.1f}", va="center", fontsize=8)
+    ax.axvline(50, color="0.5", ls="--", lw=1, label="chance")
+    overall = float(result.metrics.get("image_auroc", np.nan))
+    if np.isfinite(overall):
+        ax.axvline(100 * overall, color="tab:red", ls="--", lw=1, label=f"all defects ({100 * overall:.1f})")
+    ax.set_yticks(y)
+    ax.set_yticklabels(names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 109)
+    ax.set_xlabel("image AUROC (%) vs good images")
+    ax.set_title(f"Per defect type: {result.category}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / (len(names) + 3)), ncol=2, fontsize=8)
+    return _finish(fig, save_path)
+
+
+def _worst_indices(result: EvalResult, kind: str) -> np.ndarray:
+    """Good images by descending score (``"fp"``) or defective images by ascending score (``"fn"``)."""
+    labels, scores = _np(result.labels), _np(result.scores).astype(np.float64)
+    if kind == "fp":
+        idx = np.flatnonzero(labels == 0)
+        return idx[np.argsort(-scores[idx], kind="stable")]
+    if kind == "fn":
+        idx = np.flatnonzero(labels == 1)
+        return idx[np.argsort(scores[idx], kind="stable")]
+    raise ValueError(f"kind must be 'fp' or 'fn', got {kind!r}")
+
+
+def show_worst(
+    result: EvalResult,
+    kind: str = "fp",
+    n: int = 4,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    save_path: str | Path | None = None,
+):
+    """The worst false positives (good images with the highest scores, ``kind="fp"``) or false negatives
+    (defective images with the lowest scores, ``kind="fn"``): one row per image with the image, the heatmap
+    overlay (shared scale :func:`map_scale`) and the ground truth.
+
+    Rows are the worst ``n`` of that class whether or not they cross the threshold; the row title says whether
+    the image is actually misclassified at ``thresholds["image_default"]``.
+    Returns:
+        The Figure: 3 axes per row plus one colorbar axes (one text axes when the class is empty).
+    """
+    import matplotlib as mpl
+
+    idx = _worst_indices(result, kind)[:n]
+    what = "false positives (good, highest scores)" if kind == "fp" else "false negatives (defective, lowest scores)"
+    if len(idx) == 0:
+        fig, ax = _new_axes(None, figsize=(6.0, 1.5))
+        ax.text(
+            0.5,
+            0.5,
+            f"{result.category}: no {'good' if kind == 'fp' else 'defective'} test images",
+            ha="center",
+            va="center",
+        )
+        ax.set_axis_off()
+        return _finish(fig, save_path)
+    vmin, vmax = map_scale(result)
+    thr = float(result.thresholds["image_default"])
+    fig, axes = _new_axes(None, len(idx), 3, figsize=(8.4, 2.6 * len(idx) + 0.6), squeeze=False, layout="constrained")
+    for row, i in enumerate(idx):
+        rgb = _rgb_float(result.images[i])
+        score = float(result.scores[i])
+        flagged = score >= thr
+        wrong = flagged != bool(result.labels[i])
+        status = ("MISCLASSIFIED" if wrong else "correct") + f" ({'DEFECT' if flagged else 'OK'})"
+        axes[row, 0].imshow(rgb, interpolation="nearest")
+        axes[row, 0].set_title(f"#{i} {result.defect_types[i]}: {Path(str(result.paths[i])).name}", fontsize=8)
+        axes[row, 1].imshow(heatmap_overlay(result.images[i], result.maps[i], vmin, vmax, alpha, cmap))
+        axes[row, 1].set_title(f"score {score:.3g} (thr {thr:.3g}): {status}", fontsize=8)
+        axes[row, 2].imshow(_tint(rgb, _mask2d(result.masks[i]), _GT_COLOUR), interpolation="nearest")
+        axes[row, 2].set_title("ground truth", fontsize=8)
+        for ax in axes[row]:
+            ax.set_axis_off()
+    sm = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(vmin, vmax), cmap=cmap)
+    fig.colorbar(
+        sm, ax=axes.ravel().tolist(), shrink=min(0.9, 0.6 / len(idx) + 0.3), label="anomaly map (shared scale)"
+    )
+    fig.suptitle(f"{result.category}: worst {what}")
+    return _finish(fig, save_path)
+
+
+# ------------------------------------------------------------------------------------------- tables
+_TABLE_COLUMNS = (
+    ("image_auroc", "image AUROC"),
+    ("pixel_auroc", "pixel AUROC"),
+    ("au_pro", "AU-PRO"),
+    ("image_f1_max", "image F1"),
+    ("pixel_f1_max", "pixel F1"),
+    ("pixel_ap", "pixel AP"),
+)
+
+
+def _anchor_values(entry: Any) -> tuple[float, ...]:
+    """An anchor entry (number or tuple of numbers, percent or fraction) -> percentages."""
+    values = entry if isinstance(entry, (tuple, list)) else (entry,)
+    out = []
+    for v in values:
+        v = np.nan if v is None else float(v)
+        out.append(100.0 * v if np.isfinite(v) and v <= 1.0 else v)
+    return tuple(out)
+
+
+def metrics_table(results, anchors: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """A markdown table: one row per category plus the mean; values in percent with one decimal.
+
+    Args:
+        results: one :class:`EvalResult`, a list or a dict.
+        anchors: published reference numbers shown beside ours, e.g.
+            ``{"PatchCore": {"bottle": (100.0, 98.6), ...}}`` with per category a tuple
+            ``(image AUROC, pixel AUROC)`` (a single number = image AUROC only). Percentages; values <= 1 are
+            read as fractions. Each method gets one column "image / pixel".
+    Returns:
+        Markdown text. Means skip undefined (NaN) values, marked ``*`` with a footnote when that happens. An
+        anchor's mean is given only when it has numbers for every category in the table (else "–").
+    """
+    rs = _as_list(results)
+    anchors = dict(anchors or {})
+    header = ["category"] + [f"{name} (%)" for _, name in _TABLE_COLUMNS] + [f"{a} image / pixel" for a in anchors]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    ours = np.array([[float(r.metrics.get(k, np.nan)) for k, _ in _TABLE_COLUMNS] for r in rs], dtype=np.float64)
+    ours = ours.reshape(len(rs), len(_TABLE_COLUMNS))
+
+    def anchor_cell(vals: Sequence[float]) -> str:
+        cells = ["–" if not np.isfinite(v) else f"{v:.1f}" for v in list(vals)[:2]]
+        return " / ".join(cells) if cells else "–"
+
+    for row, r in enumerate(rs):
+        cells = [r.category] + [_pct(v) for v in ours[row]]
+        for table in anchors.values():
+            cells.append(anchor_cell(_anchor_values(table[r.category])) if r.category in table else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    footnote = False
+    mean_cells = ["**mean**"]
+    for col in range(len(_TABLE_COLUMNS)):
+        vals = ours[:, col]
+        ok = np.isfinite(vals)
+        if not ok.any():
+            mean_cells.append("n/a")
+            continue
+        cell = _pct(vals[ok].mean())
+        if not ok.all():
+            cell += "*"
+            footnote = True
+        mean_cells.append(cell)
+    for table in anchors.values():
+        if all(r.category in table for r in rs):
+            vals = np.array([_anchor_values(table[r.category])[:2] + (np.nan,) * 2 for r in rs])[:, :2]
+            mean_cells.append(anchor_cell([vals[:, 0].mean(), vals[:, 1].mean()]))
+        else:
+            mean_cells.append("–")
+    if len(rs) > 1:
+        lines.append("| " + " | ".join(mean_cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if footnote:
+        text += "\n\\* mean over the categories where the metric is defined.\n"
+    return text
+
+
+# ------------------------------------------------------------------------------ panel composition (PIL)
+@lru_cache(maxsize=4)
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _resize(rgb_u8: np.ndarray, size: int) -> np.ndarray:
+    """Square panel of side ``size`` (nearest when enlarging: keeps pixels honest; box filter when shrinking)."""
+    from PIL import Image
+
+    h, w = rgb_u8.shape[:2]
+    if (h, w) == (size, size):
+        return rgb_u8
+    resample = Image.NEAREST if max(h, w) < size else Image.BOX
+    return np.asarray(Image.fromarray(rgb_u8).resize((size, size), resample))
+
+
+def _text_panel(size: int, text: str) -> np.ndarray:
+    """A gray square with centred multi-line text: uint8 (size, size, 3)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), (60, 60, 60))
+    draw = ImageDraw.Draw(img)
+    draw.multiline_text((size / 2, size / 2), text, fill=(230, 230, 230), font=_font(13), anchor="mm", align="center")
+    return np.asarray(img)
+
+
+def _colour_strip(width: int, cmap: str, height: int = 10) -> np.ndarray:
+    """Horizontal colour bar: uint8 (height, width, 3)."""
+    lut = _lut(cmap)
+    row = lut[np.linspace(0, 255, width).astype(np.intp)]
+    return _to_u8(np.broadcast_to(row, (height, width, 3)))
+
+
+def _panels(
+    result: EvalResult, i: int, threshold: float, alpha: float, vmin: float, vmax: float, cmap: str
+) -> tuple[list[tuple[str, np.ndarray | None]], np.ndarray]:
+    """The panels of image ``i``: ([(title, uint8 (H, W, 3) or None for the feature-mode note)], pred mask bool (H, W))."""
+    rgb = _rgb_float(result.images[i])
+    amap = _np(result.maps[i])
+    if amap.ndim == 3:
+        amap = amap[0]
+    pred = amap >= threshold
+    panels: list[tuple[str, np.ndarray | None]] = [("image", _to_u8(rgb))]
+    panels.append(("reconstruction", None if result.recons is None else _to_u8(_rgb_float(result.recons[i]))))
+    panels.append(("heatmap", _to_u8(heatmap_overlay(result.images[i], amap, vmin, vmax, alpha, cmap))))
+    panels.append((f"predicted mask (map >= {threshold:.3g})", _to_u8(_tint(rgb, pred, _PRED_COLOUR))))
+    panels.append(("ground truth", _to_u8(_tint(rgb, _mask2d(result.masks[i]), _GT_COLOUR))))
+    return panels, pred
+
+
+_FEATURE_NOTE = "feature mode:\nno pixel\nreconstruction"
+
+
+def _compose(
+    panels: Sequence[tuple[str, np.ndarray | None]],
+    size: int,
+    titles: bool = True,
+    footers: Sequence[str] | None = None,
+    strip: tuple[int, str, float, float] | None = None,
+    gap: int = 6,
+) -> np.ndarray:
+    """Panels side by side on a white canvas: uint8 (H', W', 3).
+
+    ``titles`` draws each panel's title above it; ``footers`` (one text per panel) below it; ``strip``
+    ``(panel position, cmap, vmin, vmax)`` draws a colour bar with its end values under that panel.
+    """
+    from PIL import Image, ImageDraw
+
+    title_h = 20 if titles else 0
+    foot_h = (16 if footers is not None else 0) + (14 if strip is not None else 0)
+    width = len(panels) * size + (len(panels) - 1) * gap
+    canvas = Image.new("RGB", (width, title_h + size + foot_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(12)
+    for k, (title, arr) in enumerate(panels):
+        x = k * (size + gap)
+        tile = _text_panel(size, _FEATURE_NOTE) if arr is None else _resize(arr, size)
+        canvas.paste(Image.fromarray(tile), (x, title_h))
+        if titles:
+            draw.text((x + size / 2, title_h / 2), title, fill=(0, 0, 0), font=font, anchor="mm")
+        y = title_h + size + 2
+        if strip is not None and strip[0] == k:
+            canvas.paste(Image.fromarray(_colour_strip(size, strip[1])), (x, y))
+            for value, xx, anchor in ((strip[2], x, "lm"), (strip[3], x + size, "rm")):
+                draw.text((xx, y + 14 + 7), f"{value:.3g}", fill=(0, 0, 0), font=font, anchor=anchor)
+        if footers is not None and footers[k]:
+            draw.text(
+                (x + size / 2, y + (14 if strip is not None else 0) + 7),
+                footers[k],
+                fill=(0, 0, 0),
+                font=font,
+                anchor="mm",
+            )
+    return np.asarray(canvas)
+
+
+def _png(rgb_u8: np.ndarray, compress_level: int = 1) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb_u8).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def _verdict(result: EvalResult, i: int) -> tuple[bool, bool, str]:
+    """(flagged as defect, correct, words) of image ``i`` at the default image threshold."""
+    flagged = float(result.scores[i]) >= float(result.thresholds["image_default"])
+    defective = bool(result.labels[i])
+    if flagged == defective:
+        return flagged, True, "correct"
+    return flagged, False, "wrong: false positive" if flagged else "wrong: false negative"
+
+
+def _default_indices(result: EvalResult, n: int) -> list[int]:
+    """Up to ``n`` images taken round-robin over the defect types (good first), each type in file order;
+    returned in file order."""
+    by_type: dict[str, list[int]] = {}
+    for i, t in enumerate(result.defect_types):
+        by_type.setdefault(t, []).append(i)
+    order = sorted(by_type, key=lambda t: (t != "good", t))
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < min(n, len(result.defect_types)):
+        for t in order:
+            if depth < len(by_type[t]) and len(picked) < n:
+                picked.append(by_type[t][depth])
+        depth += 1
+    return sorted(picked)
+
+
+def _row_caption(result: EvalResult, i: int) -> str:
+    flagged, _, words = _verdict(result, i)
+    return (
+        f"#{i} {Path(str(result.paths[i])).name} | {result.defect_types[i]} | score {float(result.scores[i]):.3g} "
+        f"(thr {float(result.thresholds['image_default']):.3g}) -> {'DEFECT' if flagged else 'OK'} ({words})"
+    )
+
+
+def save_gallery_png(
+    result: EvalResult,
+    path: str | Path,
+    indices: Sequence[int] | None = None,
+    n: int = 12,
+    panel_size: int = 192,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+) -> Path:
+    """A static gallery image for reports: one row per image (image, reconstruction when the result has them,
+    heatmap overlay on the shared scale, predicted mask at ``thresholds["pixel_default"]``, ground truth), each
+    row captioned with file name, defect type, score, threshold and verdict; a header with the column titles,
+    the colour bar of the shared scale and (feature mode) the note that there is no pixel reconstruction.
+
+    Args:
+        indices: test-image indices to show; default: ``n`` images round-robin over the defect types.
+    Returns:
+        The PNG path.
+    """
+    from PIL import Image, ImageDraw
+
+    idx = list(_default_indices(result, n) if indices is None else indices)
+    if not idx:
+        raise ValueError(f"{result.category}: no images to put in the gallery")
+    vmin, vmax = map_scale(result)
+    thr = float(result.thresholds["pixel_default"])
+    font = _font(12)
+    blocks = []
+    for i in idx:
+        panels = [p for p in _panels(result, i, thr, alpha, vmin, vmax, cmap)[0] if p[1] is not None]
+        row = _compose(panels, panel_size, titles=False)
+        bar = Image.new("RGB", (row.shape[1], 20), (255, 255, 255))
+        ImageDraw.Draw(bar).text((2, 10), _row_caption(result, i), fill=(0, 0, 0), font=font, anchor="lm")
+        blocks += [np.asarray(bar), row, np.full((8, row.shape[1], 3), 255, np.uint8)]
+    heat = [t for t, _ in panels].index("heatmap")
+    header = _compose(panels, panel_size, titles=True, footers=[""] * len(panels), strip=(heat, cmap, vmin, vmax))
+    head = header[:20]  # the title line only
+    scale = header[20 + panel_size :]  # colour bar + range, under the heatmap column
+    title = Image.new("RGB", (row.shape[1], 24), (255, 255, 255))
+    note = "" if result.recons is not None else " (feature mode: no pixel reconstruction)"
+    ImageDraw.Draw(title).text(
+        (2, 12),
+        f"{result.category}: heatmap scale shared by all rows; pixel threshold {thr:.3g}{note}",
+        fill=(0, 0, 0),
+        font=_font(14),
+        anchor="lm",
+    )
+    out = np.concatenate([np.asarray(title), head, scale] + blocks, axis=0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(out).save(path, format="PNG", optimize=False)
+    return path
+
+
+def save_gallery_html(
+    result: EvalResult,
+    path: str | Path,
+    n: int = 12,
+    indices: Sequence[int] | None = None,
+    panel_size: int = 192,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+) -> Path:
+    """A self-contained HTML gallery (PNG panels embedded as base64): a header with the category's metrics and
+    thresholds, then one table row per image: image, reconstruction (when the result has them), heatmap overlay
+    (shared scale), predicted mask at ``thresholds["pixel_default"]``, ground truth, and the score and verdict.
+
+    Args:
+        n: number of images (round-robin over defect types) unless ``indices`` is given.
+    Returns:
+        The HTML path. Rows are ``<tr class="item">``.
+    """
+    idx = list(_default_indices(result, n) if indices is None else indices)
+    vmin, vmax = map_scale(result)
+    thr = float(result.thresholds["pixel_default"])
+    lut = _to_u8(_lut(cmap))
+    stops = ", ".join(f"rgb({r},{g},{b})" for r, g, b in lut[::32].tolist() + [lut[-1].tolist()])
+    m = result.metrics
+    esc = html.escape
+    head_cols = (
+        ["image"]
+        + (["reconstruction"] if result.recons is not None else [])
+        + ["heatmap", f"predicted mask (map &ge; {thr:.3g})", "ground truth", "score / verdict"]
+    )
+    parts = [
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>",
+        f"<title>{esc(result.category)} anomaly gallery</title>",
+        "<style>body{font-family:sans-serif;margin:16px} table{border-collapse:collapse}"
+        " td,th{padding:4px;border-bottom:1px solid #ddd;text-align:center;vertical-align:middle}"
+        " .ok{color:#1a7f37} .bad{color:#c62828} .bar{display:inline-block;width:200px;height:12px;"
+        f"vertical-align:middle;background:linear-gradient(to right,{stops})}}</style></head><body>",
+        f"<h2>{esc(result.category)}</h2>",
+        f"<p>image AUROC {_pct(m.get('image_auroc'))}% &middot; pixel AUROC {_pct(m.get('pixel_auroc'))}% &middot; "
+        f"AU-PRO {_pct(m.get('au_pro'))}% &middot; image threshold {float(result.thresholds['image_default']):.3g}"
+        f" &middot; pixel threshold {thr:.3g}</p>",
+        f"<p>heatmap scale (shared by all rows): {vmin:.3g} <span class='bar'></span> {vmax:.3g}</p>",
+        "<table><tr>" + "".join(f"<th>{c}</th>" for c in head_cols) + "</tr>",
+    ]
+    for i in idx:
+        panels, _ = _panels(result, i, thr, alpha, vmin, vmax, cmap)
+        flagged, correct, words = _verdict(result, i)
+        cells = []
+        for title, arr in panels:
+            if arr is None:
+                continue  # feature mode: no reconstruction column
+            b64 = base64.b64encode(_png(_resize(arr, panel_size), compress_level=6)).decode("ascii")
+            cells.append(f"<td><img width='{panel_size}' alt='{esc(title)}' src='data:image/png;base64,{b64}'></td>")
+        cells.append(
+            f"<td style='text-align:left'>#{i}<br>{esc(str(result.paths[i]))}<br>{esc(result.defect_types[i])}<br>"
+            f"score {float(result.scores[i]):.3g}<br><b class='{'ok' if correct else 'bad'}'>"
+            f"{'DEFECT' if flagged else 'OK'}</b> ({words})</td>"
+        )
+        parts.append("<tr class='item'>" + "".join(cells) + "</tr>")
+    parts.append("</table></body></html>\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------------- gallery
+class Gallery:
+    """Interactive gallery of evaluated test images (notebook 04). Display ``gallery.widget`` (or the gallery
+    itself as a cell's last expression).
+
+    Controls (ipywidgets, public attributes): ``category`` (Dropdown), ``defect_type`` (Dropdown: "all" + the
+    category's types), ``sort`` (Dropdown, :data:`SORT_OPTIONS`), ``index`` (IntSlider: position in the
+    filtered list), ``prev_button``/``next_button``, ``threshold`` (FloatSlider on the pixel-map scale; default
+    ``thresholds["pixel_default"]``), ``reset_button`` (back to that default), ``opacity`` (FloatSlider 0..1).
+
+    Panels side by side, rendered with numpy + PIL into ``image`` (an ``ipywidgets.Image`` of PNG bytes): image,
+    reconstruction (or a "feature mode: no pixel reconstruction" note), heatmap overlay on the category's shared
+    scale (:func:`map_scale`, colour bar below), predicted mask (map >= threshold) and ground truth; ``caption``
+    (HTML) gives path, defect type, image score vs ``thresholds["image_default"]``, the verdict and whether it
+    is correct. Only the current image is rendered, on every control change.
+
+    Constructor options: ``category`` (initially shown), ``panel_size`` (pixels per panel), ``opacity`` (initial
+    heatmap opacity), ``cmap``, ``continuous_update`` (re-render while a slider is dragged; set False on a slow
+    connection: each render sends one PNG of about 5 panels).
+
+    State after each render (for tests and for code cells): ``current_category``, ``current_position``,
+    ``current_index`` (test-image index into the result arrays, None when the filter matches nothing),
+    ``current_pred_mask`` (bool (H, W) or None), ``current_panels`` (uint8 (H', W', 3)), ``filtered_indices``
+    (list of test-image indices in display order), ``n_renders``.
+
+    Sorts: "file order"; "score (high first)"; "worst false positives" = good images only, highest score first;
+    "worst false negatives" = defective images only, lowest score first. The defect-type filter applies first.
+    """
+
+    def __init__(
+        self,
+        results: EvalResult | Iterable[EvalResult] | Mapping[str, EvalResult],
+        category: str | None = None,
+        panel_size: int = 256,
+        opacity: float = 0.5,
+        cmap: str = "jet",
+        continuous_update: bool = True,
+    ) -> None:
+        import ipywidgets as w
+
+        if isinstance(results, Mapping):
+            self.results = dict(results)
+        else:
+            self.results = {r.category: r for r in _as_list(results)}
+        if not self.results:
+            raise ValueError("Gallery needs at least one EvalResult")
+        first = category if category is not None else next(iter(self.results))
+        if first not in self.results:
+            raise ValueError(f"category {first!r} not among {list(self.results)}")
+        self.panel_size = int(panel_size)
+        self.cmap = cmap
+        self._scales: dict[str, tuple[float, float, float, float]] = {}
+        self._busy = False
+        self.n_renders = 0
+        self.filtered_indices: list[int] = []
+        self.current_category = first
+        self.current_position = 0
+        self.current_index: int | None = None
+        self.current_pred_mask: np.ndarray | None = None
+        self.current_panels: np.ndarray | None = None
+
+        wide = {"description_width": "90px"}
+        self.category = w.Dropdown(options=list(self.results), value=first, description="category", style=wide)
+        self.defect_type = w.Dropdown(options=["all"], value="all", description="defect type", style=wide)
+        self.sort = w.Dropdown(options=list(SORT_OPTIONS), value=SORT_OPTIONS[0], description="order", style=wide)
+        live = bool(continuous_update)
+        self.index = w.IntSlider(
+            min=0,
+            max=0,
+            value=0,
+            description="image",
+            style=wide,
+            continuous_update=live,
+            layout=w.Layout(width="420px"),
+        )
+        self.prev_button = w.Button(description="◀", layout=w.Layout(width="40px"), tooltip="previous image")
+        self.next_button = w.Button(description="▶", layout=w.Layout(width="40px"), tooltip="next image")
+        self.threshold = w.FloatSlider(
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            value=0.5,
+            description="pixel thr.",
+            readout_format=".3g",
+            style=wide,
+            continuous_update=live,
+            layout=w.Layout(width="420px"),
+        )
+        self.reset_button = w.Button(
+            description="default", layout=w.Layout(width="70px"), tooltip="reset to thresholds['pixel_default']"
+        )
+        self.opacity = w.FloatSlider(
+            min=0.0, max=1.0, step=0.05, value=float(opacity), description="opacity", style=wide, continuous_update=live
+        )
+        self.image = w.Image(format="png")
+        self.caption = w.HTML()
+        self.widget = w.VBox(
+            [
+                w.HBox([self.category, self.defect_type, self.sort]),
+                w.HBox([self.index, self.prev_button, self.next_button]),
+                w.HBox([self.threshold, self.reset_button, self.opacity]),
+                self.image,
+                self.caption,
+            ]
+        )
+
+        with self._hold():
+            self._load_category(first)
+        self.category.observe(self._on_category, names="value")
+        self.defect_type.observe(self._on_filter, names="value")
+        self.sort.observe(self._on_filter, names="value")
+        for ctrl in (self.index, self.threshold, self.opacity):
+            ctrl.observe(self._on_view, names="value")
+        self.prev_button.on_click(lambda _: self.step(-1))
+        self.next_button.on_click(lambda _: self.step(+1))
+        self.reset_button.on_click(lambda _: self._reset_threshold())
+        self.render()
+
+    # ------------------------------------------------------------------ display
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # --------------------------------------------------------------- internals
+    @contextmanager
+    def _hold(self):
+        """Suppress re-rendering while several controls change together."""
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
+
+    @property
+    def result(self) -> EvalResult:
+        """The EvalResult of the selected category."""
+        return self.results[self.category.value]
+
+    def scale(self, category: str | None = None) -> tuple[float, float]:
+        """The shared heatmap scale (vmin, vmax) of a category (cached)."""
+        return self._scale_and_range(category or self.category.value)[:2]
+
+    def _scale_and_range(self, category: str) -> tuple[float, float, float, float]:
+        if category not in self._scales:
+            r = self.results[category]
+            vmin, vmax = map_scale(r)
+            maps = _np(r.maps)
+            self._scales[category] = (vmin, vmax, float(np.nanmin(maps)), float(np.nanmax(maps)))
+        return self._scales[category]
+
+    def _load_category(self, category: str) -> None:
+        r = self.results[category]
+        types = sorted(set(r.defect_types), key=lambda t: (t != "good", t))
+        self.defect_type.options = ["all", *types]
+        self.defect_type.value = "all"
+        _, _, lo, hi = self._scale_and_range(category)
+        default = float(r.thresholds["pixel_default"])
+        lo, hi = min(lo, default), max(hi, default)
+        if not hi > lo:
+            hi = lo + 1.0
+        slider = self.threshold
+        slider.max = max(slider.max, hi)  # widen first so every intermediate state is valid
+        slider.min = min(slider.min, lo)
+        slider.value = default
+        slider.min, slider.max = lo, hi
+        slider.step = (hi - lo) / 1000.0
+        self._refilter()
+
+    def _refilter(self) -> None:
+        r = self.result
+        labels, scores = _np(r.labels), _np(r.scores).astype(np.float64)
+        want = self.defect_type.value
+        idx = np.array([i for i, t in enumerate(r.defect_types) if want == "all" or t == want], dtype=np.intp)
+        order = self.sort.value
+        if order == "score (high first)":
+            idx = idx[np.argsort(-scores[idx], kind="stable")]
+        elif order == "worst false positives":
+            idx = idx[labels[idx] == 0]
+            idx = idx[np.argsort(-scores[idx], kind="stable")]
+        elif order == "worst false negatives":
+            idx = idx[labels[idx] == 1]
+            idx = idx[np.argsort(scores[idx], kind="stable")]
+        self.filtered_indices = [int(i) for i in idx]
+        self.index.value = 0
+        self.index.max = max(0, len(self.filtered_indices) - 1)
+        self.index.disabled = len(self.filtered_indices) <= 1
+
+    def _on_category(self, change) -> None:
+        if self._busy:
+            return
+        with self._hold():
+            self._load_category(change["new"])
+        self.render()
+
+    def _on_filter(self, _change) -> None:
+        if self._busy:
+            return
+        with self._hold():
+            self._refilter()
+        self.render()
+
+    def _on_view(self, _change) -> None:
+        if not self._busy:
+            self.render()
+
+    def _reset_threshold(self) -> None:
+        self.threshold.value = float(self.result.thresholds["pixel_default"])
+
+    def step(self, delta: int) -> None:
+        """Move ``delta`` images along the filtered list (clamped)."""
+        self.index.value = int(np.clip(self.index.value + delta, self.index.min, self.index.max))
+
+    # ----------------------------------------------------------------- render
+    def render(self) -> None:
+        """Render the current image into ``image`` and ``caption`` and update the ``current_*`` state."""
+        self.n_renders += 1
+        r = self.result
+        self.current_category = self.category.value
+        self.current_position = int(self.index.value)
+        if not self.filtered_indices:
+            self.current_index = None
+            self.current_pred_mask = None
+            self.current_panels = _text_panel(self.panel_size, "no images match\nthis filter")
+            self.image.value = _png(self.current_panels)
+            self.caption.value = (
+                f"<b>{html.escape(self.current_category)}</b>: no images match defect type "
+                f"{html.escape(str(self.defect_type.value))!r} with order "
+                f"{html.escape(str(self.sort.value))!r}"
+            )
+            return
+        i = self.filtered_indices[self.current_position]
+        vmin, vmax = self.scale(self.current_category)
+        thr = float(self.threshold.value)
+        panels, pred = _panels(r, i, thr, float(self.opacity.value), vmin, vmax, self.cmap)
+        gt = _mask2d(r.masks[i])
+        inter, union = int((pred & gt).sum()), int((pred | gt).sum())
+        footers = [
+            "",
+            "",
+            "shared scale",
+            f"{100.0 * pred.mean():.1f}% of pixels" + (f", IoU {inter / union:.2f}" if gt.any() else ""),
+            f"{100.0 * gt.mean():.1f}% of pixels" if gt.any() else "no defect",
+        ]
+        self.current_index = i
+        self.current_pred_mask = pred
+        self.current_panels = _compose(panels, self.panel_size, footers=footers, strip=(2, self.cmap, vmin, vmax))
+        self.image.value = _png(self.current_panels)
+        flagged, correct, words = _verdict(r, i)
+        colour = "#1a7f37" if correct else "#c62828"
+        self.caption.value = (
+            f"<div style='font-family:monospace'>{self.current_position + 1} / {len(self.filtered_indices)} "
+            f"&middot; #{i} &middot; <b>{html.escape(str(r.paths[i]))}</b><br>"
+            f"defect type: <b>{html.escape(r.defect_types[i])}</b> &middot; image score {float(r.scores[i]):.4g} "
+            f"vs threshold {float(r.thresholds['image_default']):.4g} &rarr; <b>{'DEFECT' if flagged else 'OK'}</b> "
+            f"<span style='color:{colour}'>({words})</span></div>"
+        )
+
+
+def build_gallery(results: EvalResult | Iterable[EvalResult] | Mapping[str, EvalResult], **kwargs: Any) -> Gallery:
+    """``Gallery(results, **kwargs)``; ``results`` maps category -> :class:`EvalResult` (a list or one works too)."""
+    return Gallery(results, **kwargs)
+
+
+# ------------------------------------------------------------------------------------ notebook helpers
+def show_holdout(preview: Mapping[str, Any], title: str | None = None, alpha: float = 0.5, save_path=None):
+    """Held-out good images with their reconstruction (U-Net mode) and anomaly heatmap.
+
+    Args:
+        preview: from :func:`colab_utils.session.holdout_preview`: ``images`` uint8 (n,C,H,W),
+            ``recons`` uint8 (n,C,H,W) or None, ``maps`` float (n,H,W) normalised, ``threshold`` float.
+        title: figure title.
+    Returns:
+        The Figure: rows input, [reconstruction,] heatmap; the heatmap scale runs from 0 (a typical
+        good pixel) to the pixel threshold, so a good image should stay below the top colour.
+    """
+    images, recons, maps = _np(preview["images"]), preview.get("recons"), _np(preview["maps"])
+    n = len(images)
+    threshold = float(preview.get("threshold", np.nan))
+    vmax = threshold if np.isfinite(threshold) and threshold > 0 else max(float(maps.max()), 1e-6)
+    rows = [("input", [_rgb_float(images[k]) for k in range(n)])]
+    if recons is not None:
+        rows.append(("reconstruction", [_rgb_float(_np(recons)[k]) for k in range(n)]))
+    rows.append(("heatmap", [heatmap_overlay(images[k], maps[k], 0.0, vmax, alpha) for k in range(n)]))
+    fig, axes = _new_axes(None, len(rows), n, figsize=(2.2 * n, 2.3 * len(rows)), squeeze=False)
+    for r, (name, panels) in enumerate(rows):
+        for k, panel in enumerate(panels):
+            axes[r, k].imshow(panel, interpolation="nearest")
+            axes[r, k].set_xticks([])
+            axes[r, k].set_yticks([])
+        axes[r, 0].set_ylabel(name)
+    fig.suptitle(f"{title or ''} held-out good images".strip())
+    return _finish(fig, save_path)
+
+
+def save_report(result: EvalResult, folder: str | Path) -> list[Path]:
+    """Save the standard figures of one evaluation as PNGs in ``folder`` and close them.
+
+    Writes ``roc.png``, ``pro.png`` (when masks exist), ``score_histogram.png``,
+    ``per_defect.png``, ``worst_fp.png`` and ``worst_fn.png``; returns the paths.
+    """
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = {
+        "roc.png": lambda p: plot_roc([result], save_path=p),
+        "score_histogram.png": lambda p: plot_score_histogram(result, save_path=p),
+        "per_defect.png": lambda p: plot_per_defect(result, save_path=p),
+        "worst_fp.png": lambda p: show_worst(result, kind="fp", n=4, save_path=p),
+        "worst_fn.png": lambda p: show_worst(result, kind="fn", n=4, save_path=p),
+    }
+    if result.masks.any():
+        jobs["pro.png"] = lambda p: plot_pro([result], save_path=p)
+    written = []
+    for name, job in jobs.items():
+        fig = job(folder / name)
+        plt.close(fig)
+        written.append(folder / name)
+    return written

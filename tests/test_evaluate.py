@@ -1,0 +1,108 @@
+"""Evaluation end to end: metrics on real images, results.json, exported maps, summary, command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from colab_utils.cli import main
+from colab_utils.config import Config
+from colab_utils.evaluate import evaluate, load_results, write_summary
+from colab_utils.train import fit
+
+REQUIRED = ("image_auroc", "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1_max", "pixel_ap")
+
+
+@pytest.fixture(scope="module")
+def bottle_feature_run(mvtec_root, weights_dir, tmp_path_factory):
+    """A short feature-mode run on real bottle images with the offline MobileNetV2 weights."""
+    import os
+
+    home = tmp_path_factory.mktemp("torch_home")
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    (home / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth").symlink_to(weights_dir / "mobilenet_v2-b0353104.pth")
+    old = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    try:
+        cfg = Config.for_category("bottle", mode="feature", image_size=128, epochs=8, batch_size=16)
+        runs = tmp_path_factory.mktemp("runs")
+        fit(cfg, mvtec_root, runs / "bottle", progress=False, log=lambda m: None)
+        yield runs, cfg
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_HOME", None)
+        else:
+            os.environ["TORCH_HOME"] = old
+
+
+def test_feature_mode_detects_real_bottle_defects(bottle_feature_run, mvtec_root):
+    runs, cfg = bottle_feature_run
+    result = evaluate(runs / "bottle", mvtec_root, out_dir=runs, export="npy", progress=False)
+    assert result.metrics["image_auroc"] > 0.9, result.metrics
+    assert result.metrics["pixel_auroc"] > 0.9, result.metrics
+    assert 0.0 < result.metrics["au_pro"] <= 1.0
+
+    data = load_results(runs / "bottle")
+    for key in REQUIRED:
+        assert data[key] == pytest.approx(result.metrics[key])
+    assert set(data["per_defect_image_auroc"]) == {"broken_large", "broken_small", "contamination"}
+    assert data["config"]["category"] == "bottle" and Config.from_dict(data["config"]) == cfg
+    assert len(data["checkpoint_sha256"]) == 64
+    # anyone can recompute the image metrics from the per-image records
+    labels = [r["label"] for r in data["records"]]
+    scores = [r["score"] for r in data["records"]]
+    assert roc_auc_score(labels, scores) == pytest.approx(data["image_auroc"], abs=1e-6)
+    assert len(data["records"]) == len(result.labels) == 83
+    # thresholds: default from good training images only, F1-optimal for reference
+    assert {"image_default", "pixel_default", "image_f1_optimal", "pixel_f1_optimal"} <= set(data["thresholds"])
+    # one exported map per test image, readable and equal to what was scored
+    maps = sorted((runs / "bottle" / "maps").rglob("*.npy"))
+    assert len(maps) == 83
+    first = result.paths[0]
+    dtype = result.defect_types[0]
+    stem = first.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    np.testing.assert_allclose(np.load(runs / "bottle" / "maps" / dtype / f"{stem}.npy"), result.maps[0])
+
+
+def test_summary_table_has_mean_row(bottle_feature_run):
+    runs, _ = bottle_feature_run
+    results = [load_results(runs / "bottle")]
+    md, csv = write_summary(results, runs)
+    lines = csv.read_text().strip().splitlines()
+    assert lines[0].split(",")[:2] == ["category", "image_auroc"]
+    assert [line.split(",")[0] for line in lines[1:]] == ["bottle", "mean"]
+    assert "| mean |" in md.read_text()
+
+
+def test_command_line_train_and_evaluate_on_sample(sample_root, tmp_path, capsys):
+    cfg = Config.for_category("sample", mode="unet", image_size=64, base_width=8, depth=3, skip_levels=1,
+                              out_scales=(1, 2), loss_scale_weights=(1.0, 0.5), map_scale_weights=(1.0, 1.0),
+                              smooth_sigma=1.0, epochs=2, batch_size=8)
+    cfg_file = cfg.save(tmp_path / "cfg.yaml")
+    runs = tmp_path / "runs"
+    args = ["--data-root", str(sample_root), "--category", "sample", "--out", str(runs), "--device", "cpu"]
+    assert main(["train", *args, "--config", str(cfg_file)]) == 0
+    assert (runs / "sample" / "best.pt").exists()
+    assert main(["train", *args, "--config", str(cfg_file)]) == 0  # finished: not retrained
+    assert "already trained" in capsys.readouterr().out
+    assert main(["evaluate", *args, "--export", "png16"]) == 0
+    data = json.loads((runs / "sample" / "results.json").read_text())
+    assert all(data[k] is not None and 0.0 <= data[k] <= 1.0 for k in REQUIRED)
+    assert (runs / "summary.md").exists() and (runs / "summary.csv").exists()
+    for figure in ("roc.png", "pro.png", "score_histogram.png", "worst_fp.png", "worst_fn.png"):
+        assert (runs / "sample" / figure).stat().st_size > 1000
+    assert len(list((runs / "sample" / "maps").rglob("*.png"))) == data["n_images"]
+    assert main(["summary", "--out", str(runs)]) == 0
+
+
+def test_command_line_errors_name_the_problem(tmp_path, capsys):
+    code = main(["train", "--data-root", str(tmp_path / "nowhere"), "--category", "bottle", "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err
+    code = main(["evaluate", "--data-root", str(tmp_path), "--category", "bottle", "--out", str(tmp_path / "runs")])
+    assert code == 2
+    assert "train first" in capsys.readouterr().err

@@ -1,0 +1,196 @@
+"""Tests of colab_utils.model: shapes and ranges, skip levels, GroupNorm batch independence, feature mode,
+build_model, and a short real-data training run that lowers the loss."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from colab_utils import backbones
+from colab_utils.augment import augment_batch
+from colab_utils.backbones import FeatureExtractor
+from colab_utils.config import Config
+from colab_utils.corruption import synthesize_defects
+from colab_utils.losses import ReconstructionLoss
+from colab_utils.model import FeatureAutoencoder, FeatureModel, UNetAutoencoder, build_model, count_parameters
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [(64, 64), (128, 128), (96, 64)])
+def test_unet_shapes_and_range(channels, size):
+    torch.manual_seed(0)
+    net = UNetAutoencoder(channels, base_width=8, depth=4, skip_levels=2, out_scales=(1, 2, 4))
+    x = torch.rand(2, channels, *size)
+    out = net(x)
+    assert list(out) == [1, 2, 4]
+    for s, y in out.items():
+        assert y.shape == (2, channels, size[0] // s, size[1] // s)
+        assert y.dtype == torch.float32 and y.min() >= 0 and y.max() <= 1
+
+
+@pytest.mark.parametrize("skip_levels", [0, 1, 2, 3])
+def test_unet_every_skip_level(skip_levels):
+    depth = 3
+    net = UNetAutoencoder(3, base_width=8, depth=depth, skip_levels=skip_levels, out_scales=(1, 4))
+    assert net.skip_from == tuple(range(depth - skip_levels, depth))
+    # the full-resolution decoder stage sees a skip only when every level sends one (a plain U-Net)
+    first_conv = net.decoder["0"][0]
+    assert first_conv.in_channels == net.widths[1] + (net.widths[0] if skip_levels == depth else 0)
+    out = net(torch.rand(1, 3, 32, 32))
+    assert {s: tuple(y.shape) for s, y in out.items()} == {1: (1, 3, 32, 32), 4: (1, 3, 8, 8)}
+
+
+def test_unet_decoder_stops_at_finest_output_and_rejects_bad_input():
+    net = UNetAutoencoder(3, base_width=8, depth=3, skip_levels=1, out_scales=(2, 4))
+    assert "0" not in net.decoder
+    assert set(net(torch.rand(1, 3, 32, 32))) == {2, 4}
+    with pytest.raises(ValueError, match="divisible"):
+        net(torch.rand(1, 3, 36, 32))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        net(torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="out_scales"):
+        UNetAutoencoder(3, depth=3, out_scales=(8,))
+    with pytest.raises(ValueError, match="skip_levels"):
+        UNetAutoencoder(3, depth=3, skip_levels=4)
+
+
+def test_unet_output_of_an_image_does_not_depend_on_its_batch():
+    # GroupNorm normalises each image alone: single-image evaluation equals batched training-mode output
+    torch.manual_seed(0)
+    net = UNetAutoencoder(3, base_width=8, depth=3, skip_levels=2, out_scales=(1,))
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        batched = net.train()(x)[1]
+        alone = net.eval()(x[2:3])[1]
+    torch.testing.assert_close(batched[2:3], alone, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("downsample", [False, True])
+@pytest.mark.parametrize("hw", [(32, 32), (17, 23)])
+def test_feature_autoencoder_shapes(downsample, hw):
+    ae = FeatureAutoencoder(152, latent=16, downsample=downsample)
+    f = torch.randn(2, 152, *hw) * 3
+    out = ae(f)
+    assert list(out) == [1] and out[1].shape == f.shape
+    assert out[1].min() < 0  # unbounded: no sigmoid
+    with pytest.raises(ValueError, match="expected features"):
+        ae(torch.randn(2, 10, 8, 8))
+
+
+def test_feature_autoencoder_default_is_per_position():
+    # without downsampling, changing the features at one place changes the reconstruction only there
+    torch.manual_seed(0)
+    ae = FeatureAutoencoder(32, latent=8).eval()
+    f = torch.randn(1, 32, 8, 8)
+    g = f.clone()
+    g[..., 3, 4] += 5.0
+    with torch.no_grad():
+        diff = (ae(f)[1] - ae(g)[1]).abs().sum(1)[0]
+    assert diff[3, 4] > 0
+    diff[3, 4] = 0
+    assert diff.max() == 0
+
+
+def test_feature_model_outputs_state_and_trainable_parameters():
+    torch.manual_seed(0)
+    extractor = FeatureExtractor("mobilenet_v2", pretrained=False)
+    model = FeatureModel(extractor, FeatureAutoencoder(extractor.out_channels, latent=16))
+    out = model(torch.rand(2, 3, 64, 64))
+    assert set(out) == {"features", 1}
+    assert out["features"].shape == out[1].shape == (2, 152, 16, 16)
+    assert not out["features"].requires_grad and out[1].requires_grad
+    keys = model.state_dict().keys()
+    assert any(k.startswith("extractor.") for k in keys) and any(k.startswith("autoencoder.") for k in keys)
+    assert count_parameters(model, trainable_only=True) == count_parameters(model.autoencoder)
+    assert count_parameters(model) == count_parameters(model.autoencoder) + count_parameters(extractor)
+    model.train()
+    assert model.autoencoder.training and not model.extractor.training
+    with pytest.raises(ValueError, match="channels"):
+        FeatureModel(extractor, FeatureAutoencoder(10))
+
+
+def test_build_model_unet_from_config():
+    cfg = Config(
+        mode="unet",
+        channels=1,
+        base_width=8,
+        depth=3,
+        skip_levels=1,
+        out_scales=(1, 2),
+        image_size=64,
+        loss_scale_weights=(1.0, 0.5),
+        map_scale_weights=(1.0, 1.0),
+    )
+    net = build_model(cfg)
+    assert isinstance(net, UNetAutoencoder)
+    assert (net.in_channels, net.depth, net.skip_levels, net.out_scales, net.widths[0]) == (1, 3, 1, (1, 2), 8)
+    assert count_parameters(net) == sum(p.numel() for p in net.parameters()) > 0
+    assert {s: tuple(y.shape) for s, y in net(torch.rand(1, 1, 64, 64)).items()} == {
+        1: (1, 1, 64, 64),
+        2: (1, 1, 32, 32),
+    }
+
+
+def test_build_model_feature_checkpoint_is_self_contained(tmp_path, monkeypatch):
+    # no ImageNet file and no network: pretrained=False builds, and loading a state_dict restores everything
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(backbones, "_download_possible", lambda url, timeout=0: False)
+    cfg = Config(mode="feature", feature_latent=16)
+    with pytest.raises(backbones.BackboneWeightsMissing):
+        build_model(cfg)
+    torch.manual_seed(1)
+    a = build_model(cfg, pretrained=False)
+    torch.manual_seed(2)
+    b = build_model(cfg, pretrained=False)
+    assert isinstance(a, FeatureModel) and a.autoencoder.latent == 16 and a.extractor.out_channels == 152
+    x = torch.rand(1, 3, 64, 64)
+    a.eval()
+    b.eval()
+    assert not torch.equal(a(x)[1], b(x)[1])
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(a(x)[1], b(x)[1], rtol=0, atol=0)
+    torch.testing.assert_close(a(x)["features"], b(x)["features"], rtol=0, atol=0)
+
+
+def _load_pngs(folder, n, size):
+    from PIL import Image
+
+    paths = sorted(folder.glob("*.png"))[:n]
+    arrays = [np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)) for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+
+
+@pytest.mark.slow
+@pytest.mark.mvtec
+def test_unet_training_on_real_bottle_images_lowers_the_loss(mvtec_root):
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    images = _load_pngs(mvtec_root / "bottle" / "train" / "good", 16, 64)
+    cfg = Config(mode="unet", image_size=64, base_width=16, depth=3, skip_levels=2, out_scales=(1, 2, 4))
+    net = build_model(cfg)
+    loss_fn = ReconstructionLoss(cfg)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+
+    def clean_loss() -> float:
+        net.eval()
+        with torch.no_grad():
+            return loss_fn(net(images), images)[0].item()
+
+    before = clean_loss()
+    net.train()
+    for _ in range(30):
+        idx = torch.randperm(len(images), generator=gen)[:8]
+        batch = augment_batch(images[idx], cfg.augmentations, gen)
+        corrupted, _ = synthesize_defects(batch, gen, prob=cfg.corruption_prob, kinds=cfg.corruptions)
+        total, parts = loss_fn(net(corrupted), batch)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        assert np.isfinite(parts["total"])
+    after = clean_loss()
+    assert after < 0.5 * before, (before, after)
+    assert time.perf_counter() - start < 20
