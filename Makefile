@@ -16,8 +16,18 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# Offline ImageNet weights: when TORCH_HOME is unset and a folder holding torchvision's
+# mobilenet_v2-b0353104.pth exists (SHARED_WEIGHTS), torchvision is pointed at it instead of downloading.
+SHARED_WEIGHTS ?= ../shared/weights
+WEIGHTS_FILE   := mobilenet_v2-b0353104.pth
+
 ## Run the main job: the four notebooks, headless, on MVTEC_ROOT if set, else on the built-in sample.
 demo: $(STAMP)
+	@if [ -z "$$TORCH_HOME" ] && [ -f "$(SHARED_WEIGHTS)/$(WEIGHTS_FILE)" ]; then \
+	  mkdir -p outputs/torch_home/hub/checkpoints; \
+	  ln -sf "$$(cd "$(SHARED_WEIGHTS)" && pwd)/$(WEIGHTS_FILE)" outputs/torch_home/hub/checkpoints/; \
+	  export TORCH_HOME="$$(pwd)/outputs/torch_home"; \
+	fi; \
 	$(PY) -m colab_utils demo --out outputs
 
 ## Run every test (real MVTec tests run when MVTEC_ROOT points at an MVTec AD folder).

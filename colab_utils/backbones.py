@@ -124,8 +124,12 @@ def _load_torchvision_model(name: str, pretrained: bool) -> nn.Module:
         raise BackboneWeightsMissing(_missing_message(name, "file not cached and no network"))
     try:
         return torchvision.models.get_model(name, weights=weights)
-    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a truncated file raises RuntimeError
-        raise BackboneWeightsMissing(_missing_message(name, f"{type(exc).__name__}: {exc}")) from exc
+    except Exception as exc:  # download errors (URLError), truncated (RuntimeError) or garbled (ValueError) files
+        path = weights_cache_path(name)
+        reason = f"{type(exc).__name__}: {exc}"
+        if path.is_file():
+            reason = f"the cached file {path} could not be read ({reason}); delete it and copy or download it again"
+        raise BackboneWeightsMissing(_missing_message(name, reason)) from exc
 
 
 def _stages(name: str, model: nn.Module) -> list[nn.Module]:

@@ -59,8 +59,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "unet": {"image_size": 64, "epochs": 2, "batch_size": 8, "base_width": 8, "smooth_sigma": 1.0},
     },
     "cpu": {
-        "feature": {"image_size": 256, "epochs": 40, "batch_size": 16},
-        "unet": {"image_size": 128, "epochs": 60, "batch_size": 16, "base_width": 16},
+        "feature": {"image_size": 256, "epochs": 15, "batch_size": 16, "max_minutes": 10.0},
+        "unet": {"image_size": 128, "epochs": 40, "batch_size": 16, "base_width": 16, "max_minutes": 10.0},
     },
     "gpu": {
         "feature": {"image_size": 256, "epochs": 100, "batch_size": 16},
@@ -84,6 +84,7 @@ RESUMABLE_FIELDS = frozenset(
         "map_l2_weight",
         "map_ssim_weight",
         "map_gms_weight",
+        "map_perceptual_weight",
         "map_scale_weights",
         "normalize_maps",
         "amp",
@@ -126,6 +127,9 @@ class Config:
     pretrained: bool = True  # ImageNet weights through torchvision's weights API
     feature_layers: tuple[int, ...] = ()  # backbone stage indices; () = the backbone's default
     feature_latent: int = 64  # bottleneck channels of the feature autoencoder
+    feature_pool: int = 0  # local average pooling (k x k, stride 1) of backbone features; 0 = off
+    feature_downsample: bool = False  # feature autoencoder with one stride-2 3x3 level (spatial context)
+    feature_cosine_weight: float = 0.0  # extra (1 - cosine similarity) term of the feature loss
 
     # --- loss ----------------------------------------------------------------
     loss_mse_weight: float = 1.0
@@ -156,6 +160,7 @@ class Config:
     map_l2_weight: float = 1.0  # per-pixel squared error
     map_ssim_weight: float = 1.0  # per-pixel (1 - SSIM)
     map_gms_weight: float = 0.0  # per-pixel gradient-magnitude dissimilarity
+    map_perceptual_weight: float = 0.0  # backbone-feature distance of input and reconstruction (U-Net mode)
     map_scale_weights: tuple[float, ...] = (1.0, 1.0, 1.0)  # one per entry of out_scales
     smooth_sigma: float = 4.0  # Gaussian smoothing of the map, in pixels at 256 px
     normalize_maps: bool = True  # standardise maps with statistics of held-out good images

@@ -260,16 +260,16 @@ def _scratch_defect(images: torch.Tensor, sel: torch.Tensor, generator: torch.Ge
     p2 = _uniform(generator, (n, k, 1, 2), 0.1, 0.9, dev) * size
     p1 = (p0 + p2) / 2 + _uniform(generator, (n, k, 1, 2), -0.3, 0.3, dev) * size
     strokes = _randint(generator, 1, k + 1, (n, 1), dev)
-    active = (torch.arange(k, device=dev).view(1, k) < strokes).float()  # (n, k)
+    active = (torch.arange(k, device=dev).view(1, k) < strokes).float()  # (n, k): strokes in use
     steps = 6 * max(h, w)
     t = torch.linspace(0.0, 1.0, steps, device=dev).view(1, 1, steps, 1)
     pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # (n, k, steps, 2) as (x, y)
     px = pts[..., 0].round().long().clamp(0, w - 1)
     py = pts[..., 1].round().long().clamp(0, h - 1)
-    flat = (torch.arange(n, device=dev).view(n, 1, 1) * h * w + py * w + px).reshape(-1)
-    values = active.view(n, k, 1).expand(n, k, steps).reshape(-1)
-    canvas = torch.zeros(n * h * w, device=dev).scatter_reduce_(0, flat, values, reduce="amax")
-    masks = canvas.view(n, 1, h, w)
+    flat = torch.arange(n, device=dev).view(n, 1, 1) * h * w + py * w + px
+    flat = torch.where(active.view(n, k, 1) > 0, flat, n * h * w).reshape(-1)  # unused strokes: a spare slot
+    canvas = torch.zeros(n * h * w + 1, device=dev, dtype=x.dtype).index_fill_(0, flat, 1.0)  # order-free
+    masks = canvas[:-1].view(n, 1, h, w)
     thick = _rand(generator, (n, 1, 1, 1), dev) < 0.5
     masks = torch.where(thick, F.max_pool2d(masks, 3, stride=1, padding=1), masks).to(x.dtype)
     # dark strokes on bright images, bright strokes on dark ones; slight colour tint

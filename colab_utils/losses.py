@@ -29,7 +29,6 @@ from .backbones import FeatureExtractor
 
 #: Defaults for settings Config does not (yet) carry; :func:`build_loss` reads ``config.feature_cosine_weight``
 #: when that field exists.
-DEFAULT_FEATURE_COSINE_WEIGHT = 0.0
 
 
 def ssim_window_for(size: tuple[int, int], window: int) -> int:
@@ -174,6 +173,6 @@ def build_loss(config, perceptual_extractor: FeatureExtractor | None = None) -> 
     if config.mode == "feature":
         return FeatureLoss(
             mse_weight=config.loss_mse_weight,
-            cosine_weight=getattr(config, "feature_cosine_weight", DEFAULT_FEATURE_COSINE_WEIGHT),
+            cosine_weight=config.feature_cosine_weight,
         )
     return ReconstructionLoss(config, perceptual_extractor)

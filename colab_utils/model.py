@@ -26,8 +26,6 @@ UNET_MAX_WIDTH = 256
 
 #: Defaults for feature-mode settings that Config does not (yet) carry; build_model reads
 #: ``config.feature_pool`` / ``config.feature_downsample`` when those fields exist.
-DEFAULT_FEATURE_POOL = 0
-DEFAULT_FEATURE_DOWNSAMPLE = False
 
 
 def _groups(channels: int) -> int:
@@ -247,12 +245,12 @@ def build_model(config, pretrained: bool | None = None) -> nn.Module:
             config.backbone,
             layers=tuple(config.feature_layers),
             pretrained=config.pretrained if pretrained is None else pretrained,
-            pool=getattr(config, "feature_pool", DEFAULT_FEATURE_POOL),
+            pool=config.feature_pool,
         )
         autoencoder = FeatureAutoencoder(
             extractor.out_channels,
             latent=config.feature_latent,
-            downsample=getattr(config, "feature_downsample", DEFAULT_FEATURE_DOWNSAMPLE),
+            downsample=config.feature_downsample,
         )
         return FeatureModel(extractor, autoencoder)
     raise ValueError(f"Config.mode={config.mode!r}: must be 'unet' or 'feature'")

@@ -61,6 +61,8 @@ def execute_notebook(
 
     nb = nbformat.read(str(path), as_version=4)
     inject_parameters(nb, params or {})
+    workdir = Path(cwd or Path(path).parent)
+    workdir.mkdir(parents=True, exist_ok=True)
     saved = {k: os.environ.get(k) for k in (env_vars or {})}
     os.environ.update(env_vars or {})
     try:
@@ -68,7 +70,7 @@ def execute_notebook(
             nb,
             timeout=timeout,
             kernel_name="python3",
-            resources={"metadata": {"path": str(cwd or Path(path).parent)}},
+            resources={"metadata": {"path": str(workdir)}},
         )
         try:
             client.execute()

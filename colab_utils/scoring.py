@@ -85,14 +85,36 @@ def _gms_dissimilarity(x: Tensor, r: Tensor, c: float = 0.0026) -> Tensor:
     return 1.0 - (2 * gx * gr + c) / (gx**2 + gr**2 + c)
 
 
+_EXTRACTORS: dict[tuple, nn.Module] = {}
+
+
+def perceptual_extractor(config: Config, device: torch.device | str) -> nn.Module:
+    """The frozen backbone that compares input and reconstruction (``map_perceptual_weight``), built once per device."""
+    key = (config.backbone, tuple(config.feature_layers), config.feature_pool, config.pretrained, str(device))
+    if key not in _EXTRACTORS:
+        from .backbones import FeatureExtractor
+
+        extractor = FeatureExtractor(config.backbone, config.feature_layers, config.pretrained, pool=config.feature_pool)
+        _EXTRACTORS[key] = extractor.to(device).eval()
+    return _EXTRACTORS[key]
+
+
 def pixel_error_map(images: Tensor, recons: dict[int, Tensor], config: Config) -> Tensor:
     """Multi-scale reconstruction error of the pixel U-Net.
 
     images: (B,C,H,W) in [0,1]; recons: {scale: (B,C,H/s,W/s) in [0,1]}.
-    Returns (B,1,H,W) unsmoothed error, >= 0.
+    Returns (B,1,H,W) unsmoothed error, >= 0. With ``map_perceptual_weight`` the
+    channel-mean squared distance between backbone features of the input and of
+    the full-size reconstruction (stride-4 grid, upsampled) is added: a defect
+    the U-Net repaired differs from the input in *what* is there, not only in
+    intensity, and features see that.
     """
     size = images.shape[-2:]
     total = torch.zeros(images.shape[0], 1, *size, device=images.device, dtype=torch.float32)
+    if config.map_perceptual_weight and 1 in recons:
+        extractor = perceptual_extractor(config, images.device)
+        fx, fr = extractor(images), extractor(recons[1].float())
+        total = total + config.map_perceptual_weight * feature_error_map(fx, fr, size)
     for scale, weight in zip(config.out_scales, config.map_scale_weights):
         if weight == 0 or scale not in recons:
             continue

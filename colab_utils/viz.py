@@ -143,19 +143,24 @@ def _lut(cmap: str) -> np.ndarray:
 def map_scale(result: EvalResult, high_percentile: float = 99.9) -> tuple[float, float]:
     """The shared heatmap colour scale ``(vmin, vmax)`` of one category.
 
-    ``vmin`` is the default pixel threshold ``thresholds["pixel_default"]`` (set from held-out good images):
-    everything at or below it gets the bottom colour, so good images look uniformly "cold". ``vmax`` is the
-    ``high_percentile`` of all test-map values of the category (falling back to the maximum, and to a small
-    margin above ``vmin`` when nothing exceeds it). Use the same pair for every image of the category.
+    ``vmin`` is the level of a typical normal pixel: 0 for standardised maps (the mean of held-out good
+    pixels, ``config["normalize_maps"]``), otherwise the median of the category's maps. ``vmax`` is the
+    ``high_percentile`` of all test-map values, but at least ``2 * threshold - vmin``, so the default pixel
+    threshold (from good images only) sits at or below the middle of the colour bar: blue-green is normal
+    variation, yellow-red is flagged, and a missed defect that the model half-saw is still visible.
+    Use the same pair for every image of the category.
     """
-    vmin = float(result.thresholds["pixel_default"])
     maps = _np(result.maps)
-    sub = maps[..., ::2, ::2] if maps.size > 4_000_000 else maps  # percentile of a 1/4 sample is plenty
-    vmax = float(np.nanpercentile(sub, high_percentile)) if sub.size else vmin
+    sub = maps[..., ::2, ::2] if maps.size > 4_000_000 else maps  # percentiles of a 1/4 sample are plenty
+    if not sub.size:
+        return 0.0, 1.0
+    vmin = 0.0 if result.config.get("normalize_maps", False) else float(np.nanmedian(sub))
+    threshold = float(result.thresholds.get("pixel_default", np.nan))
+    vmax = float(np.nanpercentile(sub, high_percentile))
+    if np.isfinite(threshold) and threshold > vmin:
+        vmax = max(vmax, 2.0 * threshold - vmin)
     if not vmax > vmin:
-        vmax = float(np.nanmax(maps)) if maps.size else vmin
-    if not vmax > vmin:
-        vmax = vmin + max(abs(vmin) * 0.5, 1e-6)
+        vmax = vmin + 1.0
     return vmin, vmax
 
 
@@ -1258,12 +1263,13 @@ def show_holdout(preview: Mapping[str, Any], title: str | None = None, alpha: fl
         title: figure title.
     Returns:
         The Figure: rows input, [reconstruction,] heatmap; the heatmap scale runs from 0 (a typical
-        good pixel) to the pixel threshold, so a good image should stay below the top colour.
+        good pixel) to twice the pixel threshold, so a good image should stay in the blue-green half.
     """
     images, recons, maps = _np(preview["images"]), preview.get("recons"), _np(preview["maps"])
     n = len(images)
     threshold = float(preview.get("threshold", np.nan))
-    vmax = threshold if np.isfinite(threshold) and threshold > 0 else max(float(maps.max()), 1e-6)
+    # the scale of map_scale(): 0 = a typical good pixel, the threshold in the middle of the colour bar
+    vmax = 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else max(float(maps.max()), 1e-6)
     rows = [("input", [_rgb_float(images[k]) for k in range(n)])]
     if recons is not None:
         rows.append(("reconstruction", [_rgb_float(_np(recons)[k]) for k in range(n)]))

@@ -127,3 +127,12 @@ def test_network_probe_never_hangs():
     result = backbones._download_possible("https://download.pytorch.org/models/x.pth", timeout=0.5)
     assert isinstance(result, bool)
     assert time.perf_counter() - start < 2.0
+
+
+def test_damaged_cached_file_raises_with_advice(tmp_path, monkeypatch):
+    folder = tmp_path / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / WEIGHTS_FILE).write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(BackboneWeightsMissing, match="delete it"):
+        FeatureExtractor("mobilenet_v2", pretrained=True)

@@ -164,10 +164,13 @@ def test_heatmap_overlay_shape_range_and_shared_scale(alpha, beta):
         viz.heatmap_overlay(img, low, vmin=2.0, vmax=2.0)
 
 
-def test_map_scale_starts_at_default_pixel_threshold(alpha):
+def test_map_scale_puts_threshold_at_or_below_the_middle(alpha):
     vmin, vmax = viz.map_scale(alpha)
-    assert vmin == alpha.thresholds["pixel_default"]
-    assert vmin < vmax <= float(alpha.maps.max())
+    threshold = alpha.thresholds["pixel_default"]
+    expected_vmin = 0.0 if alpha.config.get("normalize_maps") else float(np.median(alpha.maps))
+    assert vmin == pytest.approx(expected_vmin)
+    assert vmin < threshold <= (vmin + vmax) / 2 + 1e-9
+    assert vmax >= float(np.percentile(alpha.maps, 99.9)) - 1e-6
 
 
 # -------------------------------------------------------------------------------------------- figures

@@ -1,0 +1,157 @@
+"""Speed benchmark: inference latency and throughput, training throughput, metric suite time.
+
+    python benchmarks/speed.py [--data-root $MVTEC_ROOT] [--device cpu|cuda] [--threads N]
+
+Measures, for both modes at 256 px with the default config: inference latency at
+batch 1 and throughput at batch 16; training throughput (images/s) of the
+default U-Net at 128 and 256 px and of the feature autoencoder; the time of one
+U-Net epoch on bottle (with --data-root); and the full metric suite on a
+category-sized set of maps. Peak memory is the process's maximum resident set
+on the CPU, or the CUDA allocator's peak on a GPU. Figures are printed last, as
+a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+
+import numpy as np
+import torch
+
+from colab_utils.augment import augment_batch
+from colab_utils.config import Config
+from colab_utils.corruption import synthesize_defects
+from colab_utils.env import get_device
+from colab_utils.losses import build_loss
+from colab_utils.model import build_model
+from colab_utils.scoring import anomaly_maps
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeat: int) -> float:
+    fn()  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / repeat
+
+
+def inference(cfg: Config, device: torch.device, repeat: int) -> dict:
+    model = build_model(cfg, pretrained=False).to(device).eval()
+    one = torch.rand(1, cfg.channels, cfg.image_size, cfg.image_size, device=device)
+    batch = torch.rand(16, cfg.channels, cfg.image_size, cfg.image_size, device=device)
+    latency = timed(lambda: anomaly_maps(model, one, cfg), device, repeat)
+    per_batch = timed(lambda: anomaly_maps(model, batch, cfg), device, max(1, repeat // 4))
+    return {"latency_ms": 1000 * latency, "images_per_s": 16 / per_batch}
+
+
+def train_step_rate(cfg: Config, device: torch.device, steps: int) -> float:
+    """Images per second of a full U-Net training step (augment + corrupt + forward + loss + backward)."""
+    model = build_model(cfg, pretrained=False).to(device).train()
+    loss_fn = build_loss(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(cfg.batch_size, cfg.channels, cfg.image_size, cfg.image_size, device=device)
+
+    def step():
+        clean = augment_batch(x, cfg.augmentations, gen)
+        inputs, _ = synthesize_defects(clean, gen, cfg.corruption_prob, cfg.corruptions)
+        loss, _ = loss_fn(model(inputs), clean)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return cfg.batch_size / timed(step, device, steps)
+
+
+def feature_train_rate(cfg: Config, device: torch.device, steps: int) -> float:
+    model = build_model(cfg, pretrained=False).to(device)
+    ae = model.autoencoder.train()
+    loss_fn = build_loss(cfg)
+    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr)
+    grid = cfg.image_size // 4
+    f = torch.randn(cfg.batch_size, model.extractor.out_channels, grid, grid, device=device)
+
+    def step():
+        loss, _ = loss_fn(ae(f), f)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return cfg.batch_size / timed(step, device, steps)
+
+
+def metric_suite_seconds() -> float:
+    from colab_utils.evaluate import compute_metrics
+
+    rng = np.random.default_rng(0)
+    n, size = 150, 256
+    masks = np.zeros((n, size, size), np.uint8)
+    labels = (np.arange(n) >= 30).astype(np.int64)
+    for i in np.flatnonzero(labels):
+        y, x = rng.integers(20, size - 40, 2)
+        masks[i, y : y + 24, x : x + 30] = 1
+    maps = rng.normal(size=masks.shape).astype(np.float32) + 2.0 * masks
+    scores = maps.reshape(n, -1).max(1)
+    types = ["good" if label == 0 else f"type{i % 3}" for i, label in enumerate(labels)]
+    start = time.perf_counter()
+    compute_metrics(labels, scores, masks, maps, types)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", default=os.environ.get("MVTEC_ROOT"))
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--repeat", type=int, default=8)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = get_device(args.device)
+    rows = []
+    for mode in ("feature", "unet"):
+        cfg = Config(mode=mode)
+        r = inference(cfg, device, args.repeat)
+        rows.append((f"inference {mode} 256 px, batch 1", f"{r['latency_ms']:.0f} ms/image"))
+        rows.append((f"inference {mode} 256 px, batch 16", f"{r['images_per_s']:.1f} images/s"))
+    for size in (128, 256):
+        cfg = Config(mode="unet", image_size=size, batch_size=8)
+        rows.append((f"train U-Net (width {cfg.base_width}) {size} px, batch 8", f"{train_step_rate(cfg, device, 3):.1f} images/s"))
+    cfg = Config(mode="feature", batch_size=16)
+    rows.append(("train feature AE 256 px (cached features), batch 16", f"{feature_train_rate(cfg, device, 5):.1f} images/s"))
+    if args.data_root:
+        from colab_utils.train import load_data
+
+        cfg = Config.for_category("bottle", mode="unet", image_size=256, batch_size=8)
+        train_set, _ = load_data(cfg, args.data_root)
+        rate = train_step_rate(cfg, device, 3)
+        rows.append((f"one U-Net epoch on bottle ({len(train_set)} images, 256 px)", f"{len(train_set) / rate:.0f} s"))
+    rows.append(("metric suite, 150 maps of 256x256 (~10 M pixels)", f"{metric_suite_seconds():.2f} s"))
+    rows.append(("peak memory", f"{peak_mb(device):.0f} MB"))
+
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n### Speed on {where} (torch {torch.__version__})\n")
+    print("| measurement | figure |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

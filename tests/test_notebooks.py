@@ -1,0 +1,112 @@
+"""Every notebook runs top to bottom in a real Jupyter kernel (SMOKE profile) and leaves its products behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from colab_utils.runner import NOTEBOOK_DIR, NOTEBOOKS, execute_notebook, inject_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_suite(data_root: Path, category: str, out: Path, torch_home: Path) -> dict[str, object]:
+    params = {
+        "CATEGORIES": [category],
+        "DATA_ROOT": str(data_root),
+        "OUTPUTS_DIR": str(out),
+        "RUNS_DIR": str(out / "runs"),
+        "PROFILE": "smoke",
+    }
+    env = {"SMOKE": "1", "TORCH_HOME": str(torch_home), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    executed = {}
+    for name in NOTEBOOKS:
+        nb_params = dict(params)
+        if name == "01_data_exploration":
+            nb_params = {k: v for k, v in params.items() if k not in ("RUNS_DIR", "PROFILE")}
+        executed[name] = execute_notebook(
+            NOTEBOOK_DIR / f"{name}.ipynb", nb_params, out / "executed" / f"{name}.ipynb", cwd=out, env_vars=env
+        )
+    return executed
+
+
+def _images_in(nb) -> int:
+    return sum(
+        1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+    )
+
+
+def _check_products(executed, out: Path, category: str) -> None:
+    run = out / "runs" / category
+    assert (run / "best.pt").exists() and (run / "last.pt").exists()
+    results = json.loads((run / "results.json").read_text())
+    assert results["category"] == category and results["image_auroc"] is not None
+    assert (out / "runs" / "summary.md").exists()
+    assert (run / "roc.png").stat().st_size > 1000
+    assert (out / "gallery" / f"{category}.html").stat().st_size > 1000
+    assert (out / "gallery" / f"{category}.png").stat().st_size > 1000
+    # figures were drawn: counts + samples in 01, loss curves in 02, curves and histograms in 03
+    assert _images_in(executed["01_data_exploration"]) >= 2
+    assert _images_in(executed["02_training"]) >= 2
+    assert _images_in(executed["03_evaluation"]) >= 4
+    # the gallery cell displayed a widget
+    gallery_outputs = [
+        o for c in executed["04_heatmap_gallery"].cells if c.cell_type == "code" for o in c.get("outputs", [])
+    ]
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in gallery_outputs)
+
+
+def test_notebooks_on_builtin_sample(sample_root, offline_torch_home, tmp_path):
+    executed = _run_suite(sample_root, "sample", tmp_path / "out", offline_torch_home)
+    _check_products(executed, tmp_path / "out", "sample")
+
+
+def test_notebooks_on_real_bottle(mvtec_root, offline_torch_home, tmp_path):
+    executed = _run_suite(mvtec_root, "bottle", tmp_path / "out", offline_torch_home)
+    _check_products(executed, tmp_path / "out", "bottle")
+
+
+def test_rerunning_training_notebook_resumes(sample_root, offline_torch_home, tmp_path):
+    """A second run of 02 (as after a Colab disconnect) loads the finished run instead of retraining."""
+    out = tmp_path / "out"
+    params = {"CATEGORIES": ["sample"], "DATA_ROOT": str(sample_root), "OUTPUTS_DIR": str(out),
+              "RUNS_DIR": str(out / "runs"), "PROFILE": "smoke"}
+    env = {"SMOKE": "1", "TORCH_HOME": str(offline_torch_home)}
+    execute_notebook(NOTEBOOK_DIR / "02_training.ipynb", params, cwd=out, env_vars=env)
+    mtime = (out / "runs" / "sample" / "last.pt").stat().st_mtime_ns
+    nb = execute_notebook(NOTEBOOK_DIR / "02_training.ipynb", params, cwd=out, env_vars=env)
+    assert (out / "runs" / "sample" / "last.pt").stat().st_mtime_ns == mtime
+    assert _images_in(nb) >= 2
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_skeleton_and_clean_outputs(name):
+    nb = nbformat.read(str(NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# ")
+    assert "colab.research.google.com/github/" in first.source and f"notebooks/{name}.ipynb" in first.source
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one config cell tagged 'parameters'"
+    setup = [c for c in nb.cells if c.cell_type == "code" and "session.setup()" in c.source]
+    assert len(setup) == 1 and "google.colab" in setup[0].source
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, "commit notebooks without outputs"
+            assert "def " not in cell.source and "class " not in cell.source, "functions belong in colab_utils"
+            assert len(cell.source.splitlines()) <= 15, "keep cells short; move logic to colab_utils"
+    headings = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
+    assert len(headings) >= 4
+
+
+def test_parameters_are_injected_after_the_tagged_cell():
+    nb = nbformat.read(str(NOTEBOOK_DIR / "02_training.ipynb"), as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    inject_parameters(nb, {"EPOCHS": 3, "CATEGORIES": ["screw"]})
+    injected = nb.cells[index + 1]
+    assert injected.metadata["tags"] == ["injected-parameters"]
+    assert "EPOCHS = 3" in injected.source and "CATEGORIES = ['screw']" in injected.source
+    with pytest.raises(ValueError, match="parameters"):
+        inject_parameters(nbformat.v4.new_notebook(), {"A": 1})
