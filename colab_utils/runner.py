@@ -18,7 +18,7 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 #: Categories the demo trains on real data, by profile (the first four MVTec
 #: categories that are present under MVTEC_ROOT are taken, up to this many).
-DEMO_CATEGORY_LIMIT = {"smoke": 1, "cpu": 3, "gpu": 4}
+DEMO_CATEGORY_LIMIT = {"smoke": 1, "cpu": 1, "gpu": 4}
 DEMO_PREFERRED = ("bottle", "capsule", "hazelnut", "screw")
 
 

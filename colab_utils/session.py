@@ -228,11 +228,11 @@ def config_row(cfg: Config) -> dict[str, Any]:
     }
 
 
-def train(cfg: Config, paths: Folders, device: torch.device | str, progress: bool = True) -> Any:
+def train(cfg: Config, paths: Folders, device: torch.device | str, progress: bool = True, on_epoch: Any = None) -> Any:
     """Train (or resume, or load when finished) ``cfg.category`` into ``paths.runs_dir/<category>``."""
     from .train import fit
 
-    return fit(cfg, paths.data_root, paths.runs_dir / cfg.category, device=device, progress=progress)
+    return fit(cfg, paths.data_root, paths.runs_dir / cfg.category, device=device, progress=progress, on_epoch=on_epoch)
 
 
 def holdout_preview(result: Any, data_root: str | Path, n: int = 4) -> dict[str, Any]:

@@ -130,12 +130,14 @@ def fit(
     val_set: ImageSet | None = None,
     resume: bool = True,
     log: Callable[[str], None] = print,
+    on_epoch: Callable[[int, dict[str, list[float]]], None] | None = None,
 ) -> TrainResult:
     """Train ``config.category`` into ``run_dir`` (``last.pt``, ``best.pt``, ``config.json``).
 
     Data come from ``data_root`` in the MVTec layout, or from ``train_set`` /
     ``val_set`` (e.g. a user folder via :func:`colab_utils.data.load_user_folder`).
     Resumes from ``run_dir/last.pt`` when it exists and ``resume`` is true.
+    ``on_epoch(epoch, history)`` is called after every epoch (live loss curves).
     """
     from tqdm.auto import tqdm
 
@@ -221,17 +223,24 @@ def fit(
         }
 
     def run_batch(x: Tensor, train: bool) -> tuple[Tensor, dict[str, float]]:
+        """Loss of one batch; the forward pass runs under autocast on CUDA, the loss in float32."""
+
+        def fp32(out: dict) -> dict:
+            return {k: v.float() for k, v in out.items()}
+
+        if config.mode == "feature":
+            x = x.to(device).float()
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                out = model.autoencoder(x)
+            return loss_fn(fp32(out), x)
+        clean = to_float(x, device)
+        inputs = clean
+        if train:
+            clean = augment_batch(clean, config.augmentations, gen)
+            inputs, _ = synthesize_defects(clean, gen, config.corruption_prob, config.corruptions)
         with torch.autocast(device_type=device.type, enabled=use_amp):
-            if config.mode == "feature":
-                x = x.to(device).float()
-                return loss_fn(model.autoencoder(x), x)
-            clean = to_float(x, device)
-            if train:
-                clean = augment_batch(clean, config.augmentations, gen)
-                inputs, _ = synthesize_defects(clean, gen, config.corruption_prob, config.corruptions)
-            else:
-                inputs = clean
-            return loss_fn(model(inputs), clean)
+            out = model(inputs)
+        return loss_fn(fp32(out), clean)
 
     status = "already_done" if epoch >= config.epochs else "completed"
     last_saved = time.monotonic()
@@ -276,6 +285,8 @@ def fit(
             history.setdefault(f"train_{k}", []).append(v / max(1, count))
         bar.update(1)
         bar.set_postfix(loss=f"{history['train_loss'][-1]:.4f}", val=f"{val_loss:.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch, history)
 
         if val_loss < best_val:
             best_val = val_loss

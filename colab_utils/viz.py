@@ -1310,3 +1310,36 @@ def save_report(result: EvalResult, folder: str | Path) -> list[Path]:
         plt.close(fig)
         written.append(folder / name)
     return written
+
+
+class LiveHistory:
+    """Loss curves that redraw after every epoch, in an ``ipywidgets.Output``.
+
+    ``display(live.widget)`` once, then pass ``live.update`` as ``on_epoch`` to
+    :func:`colab_utils.train.fit`. ``update(epoch, history)`` can be driven
+    without a display (tests); ``n_updates`` and ``last_epoch`` record what it drew.
+    """
+
+    def __init__(self, title: str | None = None) -> None:
+        import ipywidgets as widgets
+
+        self.title = title
+        self.widget = widgets.Output()
+        self.n_updates = 0
+        self.last_epoch = 0
+        self.last_title = ""
+        self.last_lines = 0
+
+    def update(self, epoch: int, history: Mapping[str, Sequence[float]]) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        self.last_title = f"{self.title or ''} epoch {epoch}".strip()
+        fig = plot_history(dict(history), title=self.last_title)
+        self.last_lines = sum(len(ax.lines) for ax in fig.axes)
+        with self.widget:
+            self.widget.clear_output(wait=True)
+            display(fig)
+        plt.close(fig)
+        self.n_updates += 1
+        self.last_epoch = epoch

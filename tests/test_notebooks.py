@@ -110,3 +110,21 @@ def test_parameters_are_injected_after_the_tagged_cell():
     assert "EPOCHS = 3" in injected.source and "CATEGORIES = ['screw']" in injected.source
     with pytest.raises(ValueError, match="parameters"):
         inject_parameters(nbformat.v4.new_notebook(), {"A": 1})
+
+
+def test_demo_plan_uses_real_data_when_given(mvtec_root, tmp_path, monkeypatch):
+    from colab_utils.runner import demo_plan
+
+    monkeypatch.setenv("MVTEC_ROOT", str(mvtec_root))
+    plan = demo_plan(tmp_path, profile="cpu")
+    assert plan["data_root"] == mvtec_root.resolve() and plan["categories"] == ["bottle"]
+    assert demo_plan(tmp_path, profile="gpu")["categories"] == ["bottle", "capsule", "screw"]
+
+
+def test_demo_plan_falls_back_to_builtin_sample(tmp_path, monkeypatch):
+    from colab_utils.runner import demo_plan
+
+    monkeypatch.delenv("MVTEC_ROOT", raising=False)
+    plan = demo_plan(tmp_path, profile="smoke")
+    assert plan["categories"] == ["sample"]
+    assert (plan["data_root"] / "sample" / "train" / "good").is_dir()

@@ -392,3 +392,15 @@ def test_gallery_reset_threshold(gallery, alpha):
     gallery.threshold.value = 2.5
     gallery.reset_button.click()
     assert gallery.threshold.value == pytest.approx(alpha.thresholds["pixel_default"])
+
+
+def test_live_history_redraws_on_each_epoch():
+    live = viz.LiveHistory(title="bottle")
+    history = {"epoch": [], "train_loss": [], "val_loss": []}
+    for epoch in (1, 2, 3):
+        history["epoch"].append(epoch)
+        history["train_loss"].append(1.0 / epoch)
+        history["val_loss"].append(1.2 / epoch)
+        live.update(epoch, history)
+    assert live.n_updates == 3 and live.last_epoch == 3
+    assert live.last_title == "bottle epoch 3" and live.last_lines >= 2  # train and validation curves
