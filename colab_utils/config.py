@@ -20,6 +20,7 @@ from typing import Any
 
 MODES = ("unet", "feature")
 IMAGE_SCORES = ("max", "topk_mean")
+IMAGE_SCORE_NORMS = ("position", "global")
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "rotate", "translate", "brightness", "contrast", "gamma")
 CORRUPTIONS = ("perlin", "cutpaste", "scratch")
 
@@ -86,6 +87,7 @@ RESUMABLE_FIELDS = frozenset(
         "checkpoint_every_minutes",
         "smooth_sigma",
         "image_score",
+        "image_score_norm",
         "topk_fraction",
         "threshold_percentile",
         "map_l2_weight",
@@ -172,6 +174,7 @@ class Config:
     smooth_sigma: float = 4.0  # Gaussian smoothing of the map, in pixels at 256 px
     normalize_maps: bool = True  # standardise maps with statistics of held-out good images
     image_score: str = "max"  # "max" or "topk_mean" of the smoothed map
+    image_score_norm: str = "position"  # image score from maps standardised "position"-wise or "global"ly
     topk_fraction: float = 0.01  # share of pixels averaged by "topk_mean"
     threshold_percentile: float = 99.0  # of held-out good scores, the default threshold
 
@@ -223,6 +226,8 @@ class Config:
             bad("corruption_prob", "must lie in [0, 1]")
         if self.image_score not in IMAGE_SCORES:
             bad("image_score", f"must be one of {IMAGE_SCORES}")
+        if self.image_score_norm not in IMAGE_SCORE_NORMS:
+            bad("image_score_norm", f"must be one of {IMAGE_SCORE_NORMS}")
         if not 0.0 < self.topk_fraction <= 1.0:
             bad("topk_fraction", "must lie in (0, 1]")
         if not 50.0 <= self.threshold_percentile <= 100.0:

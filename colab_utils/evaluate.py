@@ -119,7 +119,7 @@ def evaluate(
 
     from .checkpoint import file_sha256
     from .data import load_split
-    from .scoring import MapNormalizer, predict
+    from .scoring import MapNormalizer, PositionStats, predict
     from .train import BEST, load_trained
 
     run = Path(run)
@@ -134,9 +134,13 @@ def evaluate(
     if not calibration:
         raise ValueError(f"{ckpt_file} has no calibration; finish training with colab_utils.train.fit first")
     normalizer = MapNormalizer.from_dict(calibration["normalizer"])
+    position = PositionStats.from_calibration(calibration)
 
     start = time.perf_counter()
-    pred = predict(model, test_set.images, config, device, normalizer, batch_size, progress=progress, desc=f"eval {category}")
+    pred = predict(
+        model, test_set.images, config, device, normalizer, batch_size, progress=progress, desc=f"eval {category}",
+        position=position,
+    )
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     infer_s = time.perf_counter() - start

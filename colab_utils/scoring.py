@@ -174,6 +174,42 @@ def to_float(images_uint8: Tensor, device: torch.device | str) -> Tensor:
     return images_uint8.to(device, non_blocking=True).float().div_(255.0)
 
 
+class PositionStats:
+    """Per-position standardisation of anomaly maps, for the image score.
+
+    Some places of a part are always hard to reconstruct (printed text, sharp
+    edges, specular highlights); their error is high on good images too, and a
+    global maximum then ranks good images above defective ones. Standardising
+    each pixel position with the mean and standard deviation of the maps of
+    good *training* images removes that, for the image decision only: heatmaps
+    keep the global scale of :class:`MapNormalizer`. ``mean``/``std``: float32
+    (H, W); the std is floored at 5 % of its mean so flat regions don't explode.
+    """
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        self.mean = torch.as_tensor(mean, dtype=torch.float32)
+        std = torch.as_tensor(std, dtype=torch.float32)
+        self.std = std.clamp_min(0.05 * float(std.mean()) + 1e-12)
+
+    @classmethod
+    def fit(cls, maps: Tensor | np.ndarray) -> PositionStats:
+        """From good-image maps (N, H, W)."""
+        m = torch.as_tensor(maps, dtype=torch.float32)
+        return cls(m.mean(0), m.std(0) if len(m) > 1 else torch.ones_like(m[0]))
+
+    def __call__(self, maps: Tensor) -> Tensor:
+        """(B,1,H,W) raw maps -> per-position z-scores, same shape."""
+        return (maps - self.mean.to(maps.device)) / self.std.to(maps.device)
+
+    def to_dict(self) -> dict[str, Tensor]:
+        return {"mean": self.mean.clone(), "std": self.std.clone()}
+
+    @classmethod
+    def from_calibration(cls, calibration: dict[str, Any] | None) -> PositionStats | None:
+        data = (calibration or {}).get("position")
+        return cls(data["mean"], data["std"]) if data else None
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -185,12 +221,14 @@ def predict(
     keep_recons: bool = True,
     progress: bool = False,
     desc: str = "inference",
+    position: PositionStats | None = None,
 ) -> dict[str, Any]:
     """Run the model over cached images in batches.
 
     images_uint8: (N,C,H,W) uint8. Returns a dict of numpy arrays:
     ``maps`` float32 (N,H,W) (normalised when ``normalizer`` is given),
-    ``scores`` float32 (N,), ``recons`` uint8 (N,C,H,W) or ``None``.
+    ``scores`` float32 (N,) (from the per-position standardised map when
+    ``position`` is given, else from ``maps``), ``recons`` uint8 (N,C,H,W) or ``None``.
     """
     from tqdm.auto import tqdm
 
@@ -200,10 +238,9 @@ def predict(
     starts = range(0, len(images_uint8), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         batch = to_float(images_uint8[start : start + batch_size], device)
-        maps, recon = anomaly_maps(model, batch, config)
-        if normalizer is not None:
-            maps = normalizer(maps)
-        scores_out.append(image_scores(maps, config).cpu())
+        raw, recon = anomaly_maps(model, batch, config)
+        maps = normalizer(raw) if normalizer is not None else raw
+        scores_out.append(image_scores(position(raw) if position is not None else maps, config).cpu())
         maps_out.append(maps[:, 0].cpu())
         if recon is not None and keep_recons:
             recons_out.append((recon * 255.0).round().to(torch.uint8).cpu())
@@ -222,28 +259,32 @@ def calibrate(
     config: Config,
     device: torch.device | str,
     batch_size: int = 16,
+    train_images_uint8: Tensor | None = None,
 ) -> dict[str, Any]:
-    """Normalisation and default thresholds from held-out good images only.
+    """Normalisation and default thresholds from good images only.
 
-    Returns ``{"normalizer": {...}, "image_threshold": float, "pixel_threshold": float,
-    "good_scores": list[float]}``. The image threshold is the
-    ``threshold_percentile`` percentile of the good images' scores; the pixel
-    threshold is the same value when scores are map maxima (so an image is
-    flagged exactly when its predicted mask is non-empty), otherwise the same
-    percentile of the good images' map maxima.
+    ``good_images_uint8`` are held-out good images (never trained on);
+    ``train_images_uint8`` the good training images, used only for the
+    per-position statistics of the image score (``image_score_norm="position"``).
+    Returns ``{"normalizer": {...}, "position": {"mean", "std"} | None,
+    "image_threshold": float, "pixel_threshold": float, "good_scores": list[float]}``:
+    the ``threshold_percentile`` percentile of the held-out images' scores, and
+    of their normalised map maxima.
     """
     raw = predict(model, good_images_uint8, config, device, None, batch_size, keep_recons=False)
     normalizer = MapNormalizer.fit(raw["maps"]) if config.normalize_maps else MapNormalizer()
-    maps = normalizer(torch.from_numpy(raw["maps"])[:, None])
-    scores = image_scores(maps, config).numpy()
+    raw_maps = torch.from_numpy(raw["maps"])[:, None]
+    position = None
+    if config.image_score_norm == "position" and train_images_uint8 is not None and len(train_images_uint8) > 1:
+        train_raw = predict(model, train_images_uint8, config, device, None, batch_size, keep_recons=False)
+        position = PositionStats.fit(train_raw["maps"])
+    maps = normalizer(raw_maps)
+    scores = image_scores(position(raw_maps) if position is not None else maps, config).numpy()
     maxima = maps.flatten(1).max(1).values.numpy()
-    image_threshold = float(np.percentile(scores, config.threshold_percentile))
-    pixel_threshold = (
-        image_threshold if config.image_score == "max" else float(np.percentile(maxima, config.threshold_percentile))
-    )
     return {
         "normalizer": normalizer.to_dict(),
-        "image_threshold": image_threshold,
-        "pixel_threshold": pixel_threshold,
-        "good_scores": [float(s) for s in scores],
+        "position": position.to_dict() if position is not None else None,
+        "image_threshold": float(np.percentile(scores, config.threshold_percentile)),
+        "pixel_threshold": float(np.percentile(maxima, config.threshold_percentile)),
+        "good_scores": [float(x) for x in scores],
     }

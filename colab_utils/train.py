@@ -313,7 +313,7 @@ def fit(
     model.eval()
     calibration = best.get("calibration") or {}
     if not calibration or best.get("calibrated_epoch") != best["epoch"]:
-        calibration = calibrate(model, val_set.images, config, device, batch_size)
+        calibration = calibrate(model, val_set.images, config, device, batch_size, train_images_uint8=train_set.images)
         best["calibration"] = calibration
         best["calibrated_epoch"] = best["epoch"]
         best.pop("loaded_from", None)
