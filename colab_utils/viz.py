@@ -909,15 +909,12 @@ def save_gallery_png(
     header = _compose(panels, panel_size, titles=True, footers=[""] * len(panels), strip=(heat, cmap, vmin, vmax))
     head = header[:20]  # the title line only
     scale = header[20 + panel_size :]  # colour bar + range, under the heatmap column
-    title = Image.new("RGB", (row.shape[1], 24), (255, 255, 255))
-    note = "" if result.recons is not None else " (feature mode: no pixel reconstruction)"
-    ImageDraw.Draw(title).text(
-        (2, 12),
-        f"{result.category}: heatmap scale shared by all rows; pixel threshold {thr:.3g}{note}",
-        fill=(0, 0, 0),
-        font=_font(14),
-        anchor="lm",
-    )
+    lines = [f"{result.category}: heatmap scale shared by all rows; pixel threshold {thr:.3g}"]
+    if result.recons is None:
+        lines.append("feature mode: no pixel reconstruction")
+    title = Image.new("RGB", (row.shape[1], 20 * len(lines) + 4), (255, 255, 255))
+    for k, line in enumerate(lines):
+        ImageDraw.Draw(title).text((2, 12 + 20 * k), line, fill=(0, 0, 0), font=_font(14), anchor="lm")
     out = np.concatenate([np.asarray(title), head, scale] + blocks, axis=0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

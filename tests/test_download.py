@@ -270,14 +270,14 @@ def test_truncated_archive_leaves_nothing_that_looks_complete(tmp_path):
     assert find_categories(dest) == []
 
 
-@pytest.mark.parametrize("bad", ["../evil.txt", "mvtec/bottle/../../evil.txt", "/tmp/colab_utils_evil.txt"])
+@pytest.mark.parametrize("bad", ["../evil.txt", "mvtec/bottle/../../evil.txt", "/var/colab_utils_evil.txt"])
 def test_path_traversal_rejected(tmp_path, bad):
     files = {**_tree(), bad: b"pwned"}
     archive = _archive(tmp_path / "a" / "evil.tar", files, "w")
     dest = tmp_path / "a" / "data"
     with pytest.raises(DownloadError, match="unsafe member"):
         extract_categories(archive, dest, progress=False)
-    assert not list(tmp_path.rglob("*evil.txt")) and not Path("/tmp/colab_utils_evil.txt").exists()
+    assert not list(tmp_path.rglob("*evil.txt")) and not Path("/var/colab_utils_evil.txt").exists()
     assert not dest.exists() or list(dest.iterdir()) == []
 
 
