@@ -168,7 +168,7 @@ class Config:
     # --- scoring ---------------------------------------------------------------
     map_l2_weight: float = 1.0  # per-pixel squared error
     map_ssim_weight: float = 1.0  # per-pixel (1 - SSIM)
-    map_gms_weight: float = 0.0  # per-pixel gradient-magnitude dissimilarity
+    map_gms_weight: float = 1.0  # per-pixel gradient-magnitude dissimilarity (U-Net; measured in benchmarks/README.md)
     map_perceptual_weight: float = 0.0  # backbone-feature distance of input and reconstruction (U-Net mode)
     map_scale_weights: tuple[float, ...] = (1.0, 1.0, 1.0)  # one per entry of out_scales
     smooth_sigma: float = 4.0  # Gaussian smoothing of the map, in pixels at 256 px
