@@ -312,10 +312,14 @@ def fit(
         best = payload("best")
     model.eval()
     calibration = best.get("calibration") or {}
-    if not calibration or best.get("calibrated_epoch") != best["epoch"]:
+    # recalibrate for new best weights, and when scoring settings changed since (they may change on resume)
+    stale = best.get("calibrated_epoch") != best["epoch"] or best.get("calibrated_config") != config.to_dict()
+    if not calibration or stale:
         calibration = calibrate(model, val_set.images, config, device, batch_size, train_images_uint8=train_set.images)
         best["calibration"] = calibration
         best["calibrated_epoch"] = best["epoch"]
+        best["calibrated_config"] = config.to_dict()
+        best["config"] = config.to_dict()  # evaluation scores with the settings it was calibrated for
         best.pop("loaded_from", None)
         ckpt.save_checkpoint(best_path, best, keep_previous=False)
     return TrainResult(

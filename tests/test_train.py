@@ -153,3 +153,18 @@ def test_load_trained_rejects_mismatched_weights(sample_root, tmp_path):
         load_trained(tmp_path / "bad.pt")
     model, config, _ = load_trained(tmp_path / "run")
     assert config == cfg and not model.training
+
+
+def test_changed_scoring_settings_recalibrate_a_finished_run(sample_root, tmp_path):
+    cfg = tiny_unet(epochs=1)
+    fit(cfg, sample_root, tmp_path / "run", progress=False, log=lambda m: None)
+    before = ckpt.load_checkpoint(tmp_path / "run" / "best.pt")
+    rescored = cfg.replace(smooth_sigma=3.0, image_score_norm="global")
+    again = fit(rescored, sample_root, tmp_path / "run", progress=False, log=lambda m: None)
+    after = ckpt.load_checkpoint(tmp_path / "run" / "best.pt")
+    assert again.status == "already_done"
+    assert after["config"]["smooth_sigma"] == 3.0 and after["calibration"]["position"] is None
+    assert before["calibration"]["position"] is not None
+    assert after["calibration"]["image_threshold"] != before["calibration"]["image_threshold"]
+    _, loaded, _ = load_trained(tmp_path / "run")
+    assert loaded.smooth_sigma == 3.0
