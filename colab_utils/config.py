@@ -18,6 +18,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+#: The 15 categories of MVTec AD (Bergmann et al., CVPR 2019).
+MVTEC_CATEGORIES = (
+    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
+    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
+)  # fmt: skip
+
 MODES = ("unet", "feature")
 IMAGE_SCORES = ("max", "topk_mean")
 IMAGE_SCORE_NORMS = ("position", "global")

@@ -55,26 +55,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .config import MVTEC_CATEGORIES
+
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: The 15 categories of MVTec AD.
-MVTEC_CATEGORIES = (
-    "bottle",
-    "cable",
-    "capsule",
-    "carpet",
-    "grid",
-    "hazelnut",
-    "leather",
-    "metal_nut",
-    "pill",
-    "screw",
-    "tile",
-    "toothbrush",
-    "transistor",
-    "wood",
-    "zipper",
-)
 #: MVTec AD categories whose images are single-channel ("L").
 GRAYSCALE_CATEGORIES = ("grid", "screw", "zipper")
 #: File endings read as images (compared case-insensitively).

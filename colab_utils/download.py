@@ -38,6 +38,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Callable, Optional, Union
 from urllib.parse import urlparse
 
+from .config import MVTEC_CATEGORIES
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 MVTEC_URL = (
@@ -46,23 +48,6 @@ MVTEC_URL = (
 )
 MVTEC_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
 MVTEC_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
-MVTEC_CATEGORIES = (  # same as colab_utils.data.MVTEC_CATEGORIES (this module sits below data.py)
-    "bottle",
-    "cable",
-    "capsule",
-    "carpet",
-    "grid",
-    "hazelnut",
-    "leather",
-    "metal_nut",
-    "pill",
-    "screw",
-    "tile",
-    "toothbrush",
-    "transistor",
-    "wood",
-    "zipper",
-)
 #: Written last into every extracted category folder.
 MARKER = ".complete"
 #: Folders directly below a category folder in the MVTec layout; they identify the category in archive paths.
