@@ -164,11 +164,14 @@ def folders(data_root: str | Path | None, runs_dir: str | Path | None, outputs_d
     """Resolve DATA_ROOT / RUNS_DIR / OUTPUTS_DIR of a config cell.
 
     ``None`` means the default: Drive folders in Colab, local ``outputs/``
-    elsewhere (see :func:`colab_utils.env.resolve_paths`). A data root that
+    elsewhere (see :func:`colab_utils.env.resolve_paths`); runs go to
+    ``OUTPUTS_DIR/runs`` when only the outputs folder is given. A data root that
     does not exist falls back to ``$MVTEC_ROOT`` and then to the built-in
     sample only when the user left ``DATA_ROOT = None``.
     """
-    paths = env.resolve_paths(data_root=data_root, runs_dir=runs_dir, outputs_dir=outputs_dir)
+    if runs_dir is None and outputs_dir is not None:
+        runs_dir = Path(outputs_dir) / "runs"  # keep runs beside the outputs the user chose
+    paths = env.resolve_paths(data_root=data_root, runs_dir=runs_dir, outputs_dir=outputs_dir, create=False)
     outputs = Path(paths.outputs_dir)
     if data_root is not None:
         root = resolve_data_root(data_root, outputs / "data")

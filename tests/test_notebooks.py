@@ -128,3 +128,12 @@ def test_demo_plan_falls_back_to_builtin_sample(tmp_path, monkeypatch):
     plan = demo_plan(tmp_path, profile="smoke")
     assert plan["categories"] == ["sample"]
     assert (plan["data_root"] / "sample" / "train" / "good").is_dir()
+
+
+def test_folders_keep_runs_beside_chosen_outputs(sample_root, tmp_path, monkeypatch):
+    from colab_utils.session import folders
+
+    monkeypatch.chdir(tmp_path)
+    f = folders(sample_root, None, tmp_path / "out")
+    assert f.runs_dir == tmp_path / "out" / "runs" and f.data_root == sample_root
+    assert not (tmp_path / "outputs").exists()  # nothing written to the default folder
