@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .env import get_device
-    from .evaluate import evaluate, load_results, write_summary
+    from .evaluate import evaluate, results_dict, write_summary
     from .viz import save_report
 
     device = get_device(args.device)
@@ -72,20 +72,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{category}: image AUROC {m['image_auroc']:.3f}  pixel AUROC {m['pixel_auroc']:.3f}  "
             f"AU-PRO {m['au_pro']:.3f}  -> {Path(args.out) / category / 'results.json'}"
         )
-        results.append(load_results(Path(args.out) / category))
+        results.append(results_dict(result))
     md, _ = write_summary(results, args.out)
     print(md.read_text())
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .evaluate import load_results, write_summary
+    from .evaluate import summarize_runs
 
-    found = sorted(Path(args.out).glob("*/results.json"))
-    if not found:
+    written = summarize_runs(args.out)
+    if written is None:
         print(f"no */results.json under {args.out}; run `python -m colab_utils evaluate` first", file=sys.stderr)
         return 2
-    md, csv = write_summary([load_results(p) for p in found], args.out)
+    md, csv = written
     print(md.read_text())
     print(f"written {md} and {csv}")
     return 0

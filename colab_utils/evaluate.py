@@ -53,10 +53,6 @@ class EvalResult:
     checkpoint_sha256: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def has_defects(self) -> bool:
-        return bool(self.labels.sum() > 0)
-
 
 def compute_metrics(
     labels: np.ndarray,
@@ -303,3 +299,9 @@ def write_summary(results: list[dict[str, Any]], folder: str | Path) -> tuple[Pa
     md_path.write_text("Figures in %.\n\n" + "\n".join(md) + "\n")
     csv_path.write_text("\n".join(csv_lines) + "\n")
     return md_path, csv_path
+
+
+def summarize_runs(folder: str | Path) -> tuple[Path, Path] | None:
+    """Write ``summary.md``/``summary.csv`` of every ``folder/*/results.json``; ``None`` when there is none."""
+    found = sorted(Path(folder).glob("*/results.json"))
+    return write_summary([load_results(p) for p in found], folder) if found else None

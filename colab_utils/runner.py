@@ -41,6 +41,26 @@ def inject_parameters(nb: Any, params: dict[str, Any]) -> Any:
     return nb
 
 
+def declared_parameters(path: str | Path) -> set[str]:
+    """Names assigned in the notebook's cell tagged ``parameters``."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise ValueError(f"{path} has no cell tagged 'parameters'; tag its config cell so parameters can be injected")
+    tree = ast.parse(cells[0].source)
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+
+def params_for(path: str | Path, params: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``params`` that the notebook at ``path`` declares (so one set can drive every notebook)."""
+    declared = declared_parameters(path)
+    return {k: v for k, v in params.items() if k in declared}
+
+
 def execute_notebook(
     path: str | Path,
     params: dict[str, Any] | None = None,
@@ -136,13 +156,8 @@ def run_demo(out: str | Path = "outputs", profile: str = "auto", log: Any = prin
     log(f"demo: {plan['categories']} from {plan['data_root']} with profile {plan['profile']!r} -> {out}")
     for name in NOTEBOOKS:
         start = time.monotonic()
-        nb_params = dict(params)
-        if name == "01_data_exploration":
-            nb_params.pop("RUNS_DIR")
-            nb_params.pop("PROFILE")
-        execute_notebook(
-            NOTEBOOK_DIR / f"{name}.ipynb", nb_params, out / "notebooks" / f"{name}.ipynb", html=True, cwd=out
-        )
+        path = NOTEBOOK_DIR / f"{name}.ipynb"
+        execute_notebook(path, params_for(path, params), out / "notebooks" / f"{name}.ipynb", html=True, cwd=out)
         log(f"  {name}: {time.monotonic() - start:.0f} s -> {out / 'notebooks' / (name + '.html')}")
     summary = out / "runs" / "summary.md"
     if summary.exists():

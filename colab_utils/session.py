@@ -270,7 +270,7 @@ def evaluate_all(
     write: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every category's run; with ``write``, save results.json, figures and the summary table."""
-    from .evaluate import evaluate, load_results, write_summary
+    from .evaluate import evaluate, summarize_runs
 
     evals = {}
     for category in categories:
@@ -282,8 +282,7 @@ def evaluate_all(
 
             save_report(evals[category], run)
     if write:
-        found = sorted(paths.runs_dir.glob("*/results.json"))
-        write_summary([load_results(p) for p in found], paths.runs_dir)
+        summarize_runs(paths.runs_dir)
     return evals
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from colab_utils.runner import NOTEBOOK_DIR, NOTEBOOKS, execute_notebook, inject_parameters
+from colab_utils.runner import NOTEBOOK_DIR, NOTEBOOKS, execute_notebook, inject_parameters, params_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,11 +24,9 @@ def _run_suite(data_root: Path, category: str, out: Path, torch_home: Path) -> d
     env = {"SMOKE": "1", "TORCH_HOME": str(torch_home), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     executed = {}
     for name in NOTEBOOKS:
-        nb_params = dict(params)
-        if name == "01_data_exploration":
-            nb_params = {k: v for k, v in params.items() if k not in ("RUNS_DIR", "PROFILE")}
+        path = NOTEBOOK_DIR / f"{name}.ipynb"
         executed[name] = execute_notebook(
-            NOTEBOOK_DIR / f"{name}.ipynb", nb_params, out / "executed" / f"{name}.ipynb", cwd=out, env_vars=env
+            path, params_for(path, params), out / "executed" / f"{name}.ipynb", cwd=out, env_vars=env
         )
     return executed
 
@@ -137,3 +135,10 @@ def test_folders_keep_runs_beside_chosen_outputs(sample_root, tmp_path, monkeypa
     f = folders(sample_root, None, tmp_path / "out")
     assert f.runs_dir == tmp_path / "out" / "runs" and f.data_root == sample_root
     assert not (tmp_path / "outputs").exists()  # nothing written to the default folder
+
+
+def test_params_for_keeps_only_declared_names():
+    params = {"CATEGORIES": ["bottle"], "RUNS_DIR": "runs", "PROFILE": "smoke", "DATA_ROOT": "d"}
+    assert set(params_for(NOTEBOOK_DIR / "01_data_exploration.ipynb", params)) == {"CATEGORIES", "DATA_ROOT"}
+    assert set(params_for(NOTEBOOK_DIR / "02_training.ipynb", params)) == set(params)
+    assert "PROFILE" not in params_for(NOTEBOOK_DIR / "03_evaluation.ipynb", params)
