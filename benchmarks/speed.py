@@ -25,8 +25,7 @@ from colab_utils.augment import augment_batch
 from colab_utils.config import Config
 from colab_utils.corruption import synthesize_defects
 from colab_utils.env import get_device
-from colab_utils.losses import build_loss
-from colab_utils.model import build_model
+from colab_utils.models import build_model, get_family
 from colab_utils.scoring import anomaly_maps
 
 
@@ -63,7 +62,7 @@ def inference(cfg: Config, device: torch.device, repeat: int) -> dict:
 def train_step_rate(cfg: Config, device: torch.device, steps: int) -> float:
     """Images per second of a full U-Net training step (augment + corrupt + forward + loss + backward)."""
     model = build_model(cfg, pretrained=False).to(device).train()
-    loss_fn = build_loss(cfg)
+    loss_fn = get_family(cfg).loss(cfg, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(cfg.batch_size, cfg.channels, cfg.image_size, cfg.image_size, device=device)
@@ -82,7 +81,7 @@ def train_step_rate(cfg: Config, device: torch.device, steps: int) -> float:
 def feature_train_rate(cfg: Config, device: torch.device, steps: int) -> float:
     model = build_model(cfg, pretrained=False).to(device)
     ae = model.autoencoder.train()
-    loss_fn = build_loss(cfg)
+    loss_fn = get_family(cfg).loss(cfg, device)
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr)
     grid = cfg.image_size // 4
     f = torch.randn(cfg.batch_size, model.extractor.out_channels, grid, grid, device=device)

@@ -154,15 +154,23 @@ class FeatureExtractor(nn.Module):
             cannot be downloaded.
         pool: size of a local average pooling (stride 1, same size) applied to each stage's output before
             resampling, as in patch-level methods (PatchCore uses 3); 0 or 1 = off.
+        stride: the stride of the common grid the stage outputs are resampled to (4: ``H // 4 x W // 4``;
+            the memory bank uses 8).
 
-    ``forward(images)``: float images (B, 3, H, W) or (B, 1, H, W) in [0, 1] -> features (B, F, H // 4, W // 4),
+    ``forward(images)``: float images (B, 3, H, W) or (B, 1, H, W) in [0, 1] -> features
+    (B, F, H // stride, W // stride),
     F = :attr:`out_channels`, real-valued (unbounded). Gradients flow to the input (for the perceptual loss); the
     weights never change: all parameters have ``requires_grad=False`` and the module stays in eval mode even
     after ``.train()`` (BatchNorm statistics stay ImageNet's).
     """
 
     def __init__(
-        self, name: str = "mobilenet_v2", layers: Sequence[int] = (), pretrained: bool = True, pool: int = 0
+        self,
+        name: str = "mobilenet_v2",
+        layers: Sequence[int] = (),
+        pretrained: bool = True,
+        pool: int = 0,
+        stride: int = 4,
     ) -> None:
         super().__init__()
         if name not in _SPECS:
@@ -180,6 +188,9 @@ class FeatureExtractor(nn.Module):
         self.layers = tuple(sorted(layers))
         self.pretrained = bool(pretrained)
         self.pool = int(pool)
+        if stride < 1:
+            raise ValueError(f"stride={stride}: must be a positive grid stride such as 4 or 8")
+        self.stride = int(stride)
         self.stages = nn.ModuleList(stages[: max(self.layers) + 1])
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -204,13 +215,13 @@ class FeatureExtractor(nn.Module):
         return outs
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3|1, H, W) in [0, 1] -> (B, out_channels, H // 4, W // 4)."""
+        """(B, 3|1, H, W) in [0, 1] -> (B, out_channels, H // stride, W // stride)."""
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected images (B, 3, H, W) or (B, 1, H, W), got {tuple(images.shape)}")
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        size = (images.shape[-2] // 4, images.shape[-1] // 4)
+        size = (images.shape[-2] // self.stride, images.shape[-1] // self.stride)
         feats = []
         for f in self._stage_outputs(x):
             if self.pool > 1:
@@ -221,4 +232,7 @@ class FeatureExtractor(nn.Module):
         return torch.cat(feats, dim=1)
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, layers={self.layers}, pretrained={self.pretrained}, pool={self.pool}"
+        return (
+            f"name={self.name!r}, layers={self.layers}, pretrained={self.pretrained}, pool={self.pool}, "
+            f"stride={self.stride}"
+        )

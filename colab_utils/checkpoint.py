@@ -31,6 +31,10 @@ KIND = "colab_utils.checkpoint"
 REQUIRED_KEYS = ("format", "kind", "model", "config", "epoch")
 
 
+#: (file, mtime) of corrupt files already warned about, so each is reported once.
+_WARNED: set[tuple[str, float]] = set()
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit; the message says what to do."""
 
@@ -120,17 +124,22 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", fallback: bool 
             errors.append(str(exc))
             continue
         if candidate != path:
-            import warnings
+            key = (str(path.resolve()), path.stat().st_mtime if path.exists() else 0.0)
+            if key not in _WARNED:  # once per broken file, however often it is read
+                _WARNED.add(key)
+                import warnings
 
-            warnings.warn(
-                f"{path} is corrupt ({errors[0]}); using the previous good copy {candidate}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+                warnings.warn(
+                    f"{path} is corrupt ({errors[0]}); using the previous good copy {candidate}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         data["loaded_from"] = str(candidate)
         return data
     raise CheckpointError(
-        "no usable checkpoint: " + "; ".join(errors) + ". Delete the broken file(s) and retrain, or restore a copy"
+        "no usable checkpoint: " + "; ".join(errors) + ". If this is best.pt and last.pt is intact, run training "
+        "again (`python -m colab_utils train ...` or colab_utils.train.fit): it rebuilds best.pt from last.pt "
+        "without retraining. Otherwise delete the broken file(s) and retrain, or restore a copy"
     )
 
 

@@ -1,7 +1,8 @@
 """Command line: the same functions the notebooks call.
 
     python -m colab_utils train    --data-root DIR --category bottle [--category screw ...] --out RUNS
-    python -m colab_utils evaluate --data-root DIR --category bottle --out RUNS [--export npy|png16]
+                                   [--mode memory_bank|feature|unet] [--profile auto|cpu|gpu|smoke]
+    python -m colab_utils evaluate --data-root DIR --category bottle --out RUNS [--export npy|png16] [--profile ...]
     python -m colab_utils summary  --out RUNS
     python -m colab_utils make-sample DIR
     python -m colab_utils download DEST [--categories bottle screw] [--archive FILE | --url URL | --drive-id ID]
@@ -15,19 +16,38 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError
+from .config import MODES, Config, ConfigError
 
 
-def _config_from_args(args: argparse.Namespace, category: str) -> Config:
+def _config_from_args(args: argparse.Namespace, category: str, profile: str) -> Config:
+    """The config of one category: the profile, then the category's recorded settings, then --config, then flags."""
     values: dict[str, Any] = {}
     if args.config:
         values = Config.load(args.config).to_dict()
         values.pop("category", None)
+        values.pop("augment", None)  # re-derived per category unless the flags say otherwise
     for name in ("mode", "image_size", "epochs", "max_minutes", "seed", "batch_size", "lr"):
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
-    return Config.for_category(category, **values)
+    return Config.for_category(category, profile=profile, **values)
+
+
+def _resolve_profile(requested: str, device: Any, mode: str) -> str:
+    """``auto`` -> the profile the demo would pick (``smoke`` with SMOKE set, ``gpu`` with CUDA, else ``cpu``),
+    printed with what it sets for ``mode``, so a CPU run never silently takes GPU-sized settings."""
+    from .config import PROFILES
+    from .session import pick_profile
+
+    profile = pick_profile(requested, device)
+    why = f"chosen by --profile {requested}" if requested == "auto" else "as asked"
+    sets = ", ".join(f"{k}={v}" for k, v in PROFILES[profile].get(mode, {}).items()) or "nothing"
+    print(f"profile {profile!r} ({why}, device {device}): for mode {mode!r} it sets {sets}")
+    return profile
+
+
+#: Evaluation batch size per profile (the only thing a profile changes at evaluation).
+EVAL_BATCH = {"smoke": 8, "cpu": 16, "gpu": 32}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -35,37 +55,48 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--category", action="append", required=True, help="category name; repeat for several")
     p.add_argument("--out", required=True, help="runs folder: RUNS/<category>/ gets checkpoints and results")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--profile",
+        default="auto",
+        choices=["auto", "cpu", "gpu", "smoke"],
+        help="hardware profile (default auto: gpu with CUDA, else the reduced cpu profile; smoke with SMOKE=1)",
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .env import get_device, seed_everything
-    from .train import fit, is_finished
+    from .train import describe_fit, fit, is_finished
 
     device = get_device(args.device)
+    mode = args.mode or (Config.load(args.config).mode if args.config else Config.mode)
+    profile = _resolve_profile(args.profile, device, mode)
     for category in args.category:
-        cfg = _config_from_args(args, category)
+        cfg = _config_from_args(args, category, profile)
         seed_everything(cfg.seed)
         run_dir = Path(args.out) / category
         if is_finished(run_dir, cfg):
             print(f"{category}: already trained in {run_dir}; delete it or raise --epochs to train more")
             continue
         result = fit(cfg, args.data_root, run_dir, device=device)
-        print(
-            f"{category}: {result.status} after {result.epochs_done} epochs in {result.seconds:.0f} s, "
-            f"best val loss {result.best_val_loss:.5f} -> {result.best_path}"
-        )
+        print(f"{category}: {result.status} in {result.seconds:.0f} s, {describe_fit(result)} -> {result.best_path}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .env import get_device
     from .evaluate import evaluate, results_dict, write_summary
+    from .session import pick_profile
     from .viz import save_report
 
     device = get_device(args.device)
+    profile = pick_profile(args.profile, device)
+    batch_size = EVAL_BATCH[profile]
+    print(f"profile {profile!r}: batch size {batch_size}; each run is scored with the config saved in its best.pt")
     results = []
     for category in args.category:
-        result = evaluate(Path(args.out) / category, args.data_root, category, args.out, device, export=args.export)
+        result = evaluate(
+            Path(args.out) / category, args.data_root, category, args.out, device, batch_size, export=args.export
+        )
         save_report(result, Path(args.out) / category)
         m = result.metrics
         print(
@@ -124,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train categories (resumes when run again)")
     _add_common(p)
     p.add_argument("--config", help="JSON/YAML config file (fields of colab_utils.config.Config)")
-    p.add_argument("--mode", choices=["unet", "feature"])
+    p.add_argument("--mode", choices=list(MODES))
     p.add_argument("--image-size", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

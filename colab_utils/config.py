@@ -24,9 +24,9 @@ MVTEC_CATEGORIES = (
     "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
 )  # fmt: skip
 
-MODES = ("unet", "feature")
+MODES = ("unet", "feature", "memory_bank")
 IMAGE_SCORES = ("max", "topk_mean")
-IMAGE_SCORE_NORMS = ("position", "global")
+IMAGE_SCORE_NORMS = ("auto", "position", "global")
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "rotate", "translate", "brightness", "contrast", "gamma")
 CORRUPTIONS = ("perlin", "cutpaste", "scratch")
 
@@ -71,14 +71,17 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "feature": {"image_size": 64, "epochs": 2, "batch_size": 8, "smooth_sigma": 1.0},
         "unet": {"image_size": 64, "epochs": 2, "batch_size": 8, "base_width": 8, "smooth_sigma": 1.0},
+        "memory_bank": {"image_size": 64, "epochs": 1, "batch_size": 8, "smooth_sigma": 1.0},
     },
     "cpu": {
         "feature": {"image_size": 256, "epochs": 15, "batch_size": 16, "max_minutes": 10.0},
         "unet": {"image_size": 128, "epochs": 40, "batch_size": 16, "base_width": 16, "max_minutes": 10.0},
+        "memory_bank": {"image_size": 256, "epochs": 1, "batch_size": 16},
     },
     "gpu": {
         "feature": {"image_size": 256, "epochs": 100, "batch_size": 16},
         "unet": {"image_size": 256, "epochs": 300, "batch_size": 16, "base_width": 32},
+        "memory_bank": {"image_size": 256, "epochs": 1, "batch_size": 16},
     },
 }
 
@@ -103,6 +106,8 @@ RESUMABLE_FIELDS = frozenset(
         "map_scale_weights",
         "normalize_maps",
         "amp",
+        "bank_reweight_neighbors",
+        "bank_search",
     }
 )
 
@@ -123,7 +128,7 @@ class Config:
 
     # --- what to run -------------------------------------------------------
     category: str = "bottle"
-    mode: str = "feature"  # "unet": pixel U-Net autoencoder; "feature": feature-space autoencoder
+    mode: str = "feature"  # model family: "unet" pixel U-Net, "feature" feature autoencoder, "memory_bank" patch memory
 
     # --- data --------------------------------------------------------------
     image_size: int = 256  # square side in pixels that every image is resized to
@@ -145,6 +150,15 @@ class Config:
     feature_pool: int = 0  # local average pooling (k x k, stride 1) of backbone features; 0 = off
     feature_downsample: bool = False  # feature autoencoder with one stride-2 3x3 level (spatial context)
     feature_cosine_weight: float = 0.0  # extra (1 - cosine similarity) term of the feature loss
+
+    # --- patch memory bank (mode="memory_bank"; also uses backbone, pretrained) ---
+    bank_layers: tuple[int, ...] = ()  # backbone stages; () = the backbone's default (mobilenet_v2: strides 4, 8, 16)
+    bank_stride: int = 8  # grid stride of the patch features (8: 32 x 32 patches at 256 px)
+    bank_neighbourhood: int = 3  # local average window of each stage's features (PatchCore's 3)
+    coreset_ratio: float = 0.01  # share of training patches kept by the greedy k-center coreset (1 = all)
+    coreset_projection: int = 64  # random-projection dimension the coreset distances are computed in (0 = none)
+    bank_reweight_neighbors: int = 9  # PatchCore's image-score re-weighting over this many bank neighbours; 0 = off
+    bank_search: str = "auto"  # nearest-neighbour search: "auto" (= torch), "torch" or "faiss" (faiss-cpu)
 
     # --- loss ----------------------------------------------------------------
     loss_mse_weight: float = 1.0
@@ -180,7 +194,7 @@ class Config:
     smooth_sigma: float = 4.0  # Gaussian smoothing of the map, in pixels at 256 px
     normalize_maps: bool = True  # standardise maps with statistics of held-out good images
     image_score: str = "max"  # "max" or "topk_mean" of the smoothed map
-    image_score_norm: str = "position"  # image score from maps standardised "position"-wise or "global"ly
+    image_score_norm: str = "auto"  # image score from maps standardised "position"-wise or "global"ly; "auto" = the family's choice
     topk_fraction: float = 0.01  # share of pixels averaged by "topk_mean"
     threshold_percentile: float = 99.0  # of held-out good scores, the default threshold
 
@@ -234,6 +248,17 @@ class Config:
             bad("image_score", f"must be one of {IMAGE_SCORES}")
         if self.image_score_norm not in IMAGE_SCORE_NORMS:
             bad("image_score_norm", f"must be one of {IMAGE_SCORE_NORMS}")
+        if not 0.0 < self.coreset_ratio <= 1.0:
+            bad("coreset_ratio", "must lie in (0, 1]; 1 keeps every training patch")
+        if self.bank_neighbourhood < 0 or (self.bank_neighbourhood > 1 and self.bank_neighbourhood % 2 == 0):
+            bad("bank_neighbourhood", "must be 0 or 1 (off) or an odd window such as 3")
+        if self.bank_stride not in (4, 8, 16):
+            bad("bank_stride", "must be 4, 8 or 16")
+        if self.bank_search not in ("auto", "torch", "faiss"):
+            bad("bank_search", "must be 'auto', 'torch' or 'faiss'")
+        for name in ("coreset_projection", "bank_reweight_neighbors"):
+            if getattr(self, name) < 0:
+                bad(name, "must not be negative")
         if not 0.0 < self.topk_fraction <= 1.0:
             bad("topk_fraction", "must lie in (0, 1]")
         if not 50.0 <= self.threshold_percentile <= 100.0:

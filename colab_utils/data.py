@@ -308,16 +308,22 @@ def _category_dir(root: PathLike, category: str) -> Path:
             f"for a plain folder of images use colab_utils.data.load_user_folder()"
         )
     existing = find_categories(path)
-    candidates = existing + [c for c in (*MVTEC_CATEGORIES, "sample") if c not in existing]
-    close = [c for c in difflib.get_close_matches(category, candidates, n=4, cutoff=0.6) if c != category][:3]
+    # suggest only folders that are really there: a typo of an existing category
+    close = [c for c in difflib.get_close_matches(category, existing, n=3, cutoff=0.6) if c != category]
     msg = f"unknown category {category!r}: there is no folder {cat_dir}."
     if close:
         msg += f" Did you mean {' or '.join(repr(c) for c in close)}?"
-    msg += f" Categories under {path}: {', '.join(existing) if existing else 'none'}."
+    msg += f" Categories under {path}: {', '.join(existing) if existing else 'none (the folder holds no category yet)'}."
     if category in MVTEC_CATEGORIES:
-        msg += f" Download it with colab_utils.download.download_mvtec({str(path)!r}, categories=[{category!r}])."
+        msg += (
+            f" Download it with `python -m colab_utils download {path} --categories {category}` "
+            f"(Python: colab_utils.download.download_mvtec({str(path)!r}, categories=[{category!r}]))."
+        )
     elif category == "sample":
-        msg += f" Create it with colab_utils.sample.make_sample({str(path)!r})."
+        msg += (
+            f" Create it with `python -m colab_utils make-sample {path}` "
+            f"(Python: colab_utils.sample.make_sample({str(path)!r}))."
+        )
     raise DataError(msg)
 
 

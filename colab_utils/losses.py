@@ -27,9 +27,6 @@ from torch import nn
 
 from .backbones import FeatureExtractor
 
-#: Defaults for settings Config does not (yet) carry; :func:`build_loss` reads ``config.feature_cosine_weight``
-#: when that field exists.
-
 
 def ssim_window_for(size: tuple[int, int], window: int) -> int:
     """The SSIM window actually used on an image of ``size`` (h, w): ``window`` reduced to fit, odd; 0 = none."""
@@ -132,7 +129,7 @@ class FeatureLoss(nn.Module):
     ``cos`` is the cosine similarity of the reconstructed and target feature vectors at each grid position
     (along channels); 1 - cos lies in [0, 2].
 
-    ``forward(outputs, target=None)``: ``outputs`` as returned by :class:`~colab_utils.model.FeatureModel`,
+    ``forward(outputs, target=None)``: ``outputs`` as returned by :class:`~colab_utils.models.FeatureModel`,
     ``{"features": (B, F, h, w), 1: (B, F, h, w)}``. The target is ``outputs["features"]``; the second argument
     is accepted only so both losses are called alike (``loss_fn(outputs, images)``) and is used only when
     ``outputs`` has no ``"features"`` (then it must be a feature tensor of the reconstruction's shape).
@@ -166,13 +163,3 @@ class FeatureLoss(nn.Module):
         names.append("total")
         values.append(total.detach())
         return total, dict(zip(names, torch.stack(values).tolist()))
-
-
-def build_loss(config, perceptual_extractor: FeatureExtractor | None = None) -> nn.Module:
-    """The loss for ``config.mode``: :class:`ReconstructionLoss` ("unet") or :class:`FeatureLoss` ("feature")."""
-    if config.mode == "feature":
-        return FeatureLoss(
-            mse_weight=config.loss_mse_weight,
-            cosine_weight=config.feature_cosine_weight,
-        )
-    return ReconstructionLoss(config, perceptual_extractor)

@@ -1,27 +1,14 @@
-"""From model outputs to per-pixel anomaly maps and image scores.
+"""From a family's raw anomaly maps to smoothed, normalised maps and image scores.
 
-Pixel U-Net (``mode="unet"``): at every output scale ``s`` the input is
-average-pooled by ``s`` and compared with the reconstruction of that scale:
+Every model family (:mod:`colab_utils.models`) turns images into raw maps (B, 1, H, W); this module never asks
+which family it holds. The maps are smoothed with a Gaussian (``smooth_sigma`` pixels at 256 px, scaled with
+the image size), and standardised with a :class:`MapNormalizer` fitted on held-out *good* training images, so
+that heatmaps of different images and the thresholds share one scale. Maps are never min-max normalised per
+image: that makes every good image look defective.
 
-    err_s = map_l2_weight * mean_c (x_s - r_s)^2
-          + map_ssim_weight * mean_c (1 - SSIM(x_s, r_s))        # kornia.metrics.ssim, per-pixel map
-          + map_gms_weight * mean_c (1 - GMS(x_s, r_s))          # gradient-magnitude similarity
-
-each brought back to the input size (bilinear) and summed with
-``map_scale_weights``. Feature mode (``mode="feature"``): the map is the
-channel-mean squared error between the backbone's multi-scale features and
-their reconstruction, on the stride-4 grid, upsampled to the input size.
-
-Both maps are then smoothed with a Gaussian (``smooth_sigma`` pixels at
-256 px, scaled with the image size), and standardised with a
-:class:`MapNormalizer` fitted on held-out *good* training images, so that
-heatmaps of different images and the thresholds share one scale. Maps are
-never min-max normalised per image: that makes every good image look
-defective.
-
-Image score: the maximum of the map, or the mean of its top ``topk_fraction``
-pixels (``image_score="topk_mean"``), which is less sensitive to a single
-noisy pixel.
+Image score: the family's own score when it has one (the memory bank's PatchCore score), else the maximum of
+the map, or the mean of its top ``topk_fraction`` pixels (``image_score="topk_mean"``), taken on the map
+standardised per position (:class:`PositionStats`, ``image_score_norm="position"``) or globally.
 """
 
 from __future__ import annotations
@@ -33,10 +20,11 @@ from typing import Any
 import kornia
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Config
+from .models import get_family
+from .models.base import MapOutput
 
 
 @dataclass
@@ -78,86 +66,25 @@ def gaussian_smooth(maps: Tensor, sigma: float) -> Tensor:
     return kornia.filters.gaussian_blur2d(maps, (size, size), (sigma, sigma), border_type="reflect")
 
 
-def _gms_dissimilarity(x: Tensor, r: Tensor, c: float = 0.0026) -> Tensor:
-    """Per-pixel 1 - gradient-magnitude similarity, (B,C,H,W) in [0, 1]."""
-    gx = kornia.filters.sobel(x)
-    gr = kornia.filters.sobel(r)
-    return 1.0 - (2 * gx * gr + c) / (gx**2 + gr**2 + c)
-
-
-_EXTRACTORS: dict[tuple, nn.Module] = {}
-
-
-def perceptual_extractor(config: Config, device: torch.device | str) -> nn.Module:
-    """The frozen backbone that compares input and reconstruction (``map_perceptual_weight``), built once per device."""
-    key = (config.backbone, tuple(config.feature_layers), config.feature_pool, config.pretrained, str(device))
-    if key not in _EXTRACTORS:
-        from .backbones import FeatureExtractor
-
-        extractor = FeatureExtractor(config.backbone, config.feature_layers, config.pretrained, pool=config.feature_pool)
-        _EXTRACTORS[key] = extractor.to(device).eval()
-    return _EXTRACTORS[key]
-
-
-def pixel_error_map(images: Tensor, recons: dict[int, Tensor], config: Config) -> Tensor:
-    """Multi-scale reconstruction error of the pixel U-Net.
-
-    images: (B,C,H,W) in [0,1]; recons: {scale: (B,C,H/s,W/s) in [0,1]}.
-    Returns (B,1,H,W) unsmoothed error, >= 0. With ``map_perceptual_weight`` the
-    channel-mean squared distance between backbone features of the input and of
-    the full-size reconstruction (stride-4 grid, upsampled) is added: a defect
-    the U-Net repaired differs from the input in *what* is there, not only in
-    intensity, and features see that.
-    """
-    size = images.shape[-2:]
-    total = torch.zeros(images.shape[0], 1, *size, device=images.device, dtype=torch.float32)
-    if config.map_perceptual_weight and 1 in recons:
-        extractor = perceptual_extractor(config, images.device)
-        fx, fr = extractor(images), extractor(recons[1].float())
-        total = total + config.map_perceptual_weight * feature_error_map(fx, fr, size)
-    for scale, weight in zip(config.out_scales, config.map_scale_weights):
-        if weight == 0 or scale not in recons:
-            continue
-        r = recons[scale].float()
-        x = images if scale == 1 else F.avg_pool2d(images, scale)
-        err = torch.zeros_like(x[:, :1])
-        if config.map_l2_weight:
-            err = err + config.map_l2_weight * ((x - r) ** 2).mean(1, keepdim=True)
-        if config.map_ssim_weight:
-            window = min(config.ssim_window, (min(x.shape[-2:]) // 2) * 2 - 1)
-            ssim = kornia.metrics.ssim(x, r, window, max_val=1.0)
-            err = err + config.map_ssim_weight * (1.0 - ssim).mean(1, keepdim=True)
-        if config.map_gms_weight:
-            err = err + config.map_gms_weight * _gms_dissimilarity(x, r).mean(1, keepdim=True)
-        if scale != 1:
-            err = F.interpolate(err, size=size, mode="bilinear", align_corners=False)
-        total = total + weight * err
-    return total
-
-
-def feature_error_map(features: Tensor, recon: Tensor, size: tuple[int, int]) -> Tensor:
-    """Channel-mean squared feature error, (B,F,h,w) x2 -> (B,1,H,W) upsampled to ``size``."""
-    err = ((features.float() - recon.float()) ** 2).mean(1, keepdim=True)
-    return F.interpolate(err, size=size, mode="bilinear", align_corners=False)
-
-
 @torch.no_grad()
-def anomaly_maps(model: nn.Module, images: Tensor, config: Config) -> tuple[Tensor, Tensor | None]:
+def anomaly_maps(model: nn.Module, images: Tensor, config: Config) -> MapOutput:
     """Smoothed, un-normalised anomaly maps for a batch.
 
-    images: (B,C,H,W) float in [0,1] on the model's device.
-    Returns maps (B,1,H,W) float32 and the full-size reconstruction (B,C,H,W) in
-    [0,1] for the pixel U-Net, or ``None`` in feature mode.
+    images: (B,C,H,W) float in [0,1] on the model's device. Returns a :class:`~colab_utils.models.base.MapOutput`:
+    ``maps`` (B,1,H,W) float32, ``recon`` (B,C,H,W) in [0,1] or ``None`` (families without a pixel
+    reconstruction), ``scores`` (B,) the family's own image scores or ``None``.
     """
-    outputs = model(images)
-    if config.mode == "feature":
-        raw = feature_error_map(outputs["features"], outputs[1], images.shape[-2:])
-        recon = None
-    else:
-        raw = pixel_error_map(images, outputs, config)
-        recon = outputs[1].float().clamp(0, 1)
+    out = get_family(config).raw_maps(model, images, config)
     sigma = config.smooth_sigma * images.shape[-1] / 256.0
-    return gaussian_smooth(raw.float(), sigma), recon
+    recon = out.recon.float().clamp(0, 1) if out.recon is not None else None
+    return MapOutput(maps=gaussian_smooth(out.maps.float(), sigma), recon=recon, scores=out.scores)
+
+
+def score_norm(config: Config) -> str:
+    """``config.image_score_norm`` with ``"auto"`` resolved to the family's default ("position" or "global")."""
+    if config.image_score_norm == "auto":
+        return get_family(config).default_score_norm
+    return config.image_score_norm
 
 
 def image_scores(maps: Tensor, config: Config) -> Tensor:
@@ -238,9 +165,14 @@ def predict(
     starts = range(0, len(images_uint8), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         batch = to_float(images_uint8[start : start + batch_size], device)
-        raw, recon = anomaly_maps(model, batch, config)
+        out = anomaly_maps(model, batch, config)
+        raw, recon = out.maps, out.recon
         maps = normalizer(raw) if normalizer is not None else raw
-        scores_out.append(image_scores(position(raw) if position is not None else maps, config).cpu())
+        if out.scores is not None:
+            scores = out.scores.float()
+        else:
+            scores = image_scores(position(raw) if position is not None else maps, config)
+        scores_out.append(scores.cpu())
         maps_out.append(maps[:, 0].cpu())
         if recon is not None and keep_recons:
             recons_out.append((recon * 255.0).round().to(torch.uint8).cpu())
@@ -275,11 +207,14 @@ def calibrate(
     normalizer = MapNormalizer.fit(raw["maps"]) if config.normalize_maps else MapNormalizer()
     raw_maps = torch.from_numpy(raw["maps"])[:, None]
     position = None
-    if config.image_score_norm == "position" and train_images_uint8 is not None and len(train_images_uint8) > 1:
+    if score_norm(config) == "position" and train_images_uint8 is not None and len(train_images_uint8) > 1:
         train_raw = predict(model, train_images_uint8, config, device, None, batch_size, keep_recons=False)
         position = PositionStats.fit(train_raw["maps"])
     maps = normalizer(raw_maps)
-    scores = image_scores(position(raw_maps) if position is not None else maps, config).numpy()
+    if get_family(config).has_image_score:
+        scores = raw["scores"]
+    else:
+        scores = image_scores(position(raw_maps) if position is not None else maps, config).numpy()
     maxima = maps.flatten(1).max(1).values.numpy()
     return {
         "normalizer": normalizer.to_dict(),

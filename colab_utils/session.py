@@ -17,6 +17,7 @@ import torch
 from . import env
 from .config import PROFILES, Config
 from .data import DataError, count_table, find_categories, load_split
+from .models import get_family
 from .sample import make_sample
 
 
@@ -227,7 +228,7 @@ def config_row(cfg: Config) -> dict[str, Any]:
         "batch": cfg.batch_size,
         "lr": cfg.lr,
         "augment": ", ".join(cfg.augmentations) or "none",
-        "backbone" if cfg.mode == "feature" else "U-Net width": cfg.backbone if cfg.mode == "feature" else cfg.base_width,
+        "backbone": cfg.backbone if get_family(cfg).needs_backbone else "none (from scratch)",
     }
 
 

@@ -13,14 +13,12 @@
 - A non-finite loss stops training with :class:`TrainingDiverged`; the last
   good checkpoint on disk is left untouched.
 
-Pixel U-Net (``mode="unet"``): each batch is augmented (label-preserving,
-per-category list in the config), then a share ``corruption_prob`` of it gets
-synthetic defects; the model reconstructs the *clean* image from the
-corrupted one, so it learns to remove defects rather than copy them.
-
-Feature mode (``mode="feature"``): backbone features of the (augmented)
-training images are extracted once and cached, so an epoch costs only the
-small feature autoencoder.
+The loop never asks which family it trains (:mod:`colab_utils.models`): a
+family that trains by gradient gives it its inputs (``prepare``), its loss and
+one batch's loss (``batch_loss``); the loop owns AdamW, AMP, the schedule,
+checkpoints, resume, progress and the NaN guard. A family that fits without
+gradients (the memory bank) is fitted in one call and checkpointed the same
+way. Either way the run ends with calibration on held-out good images.
 """
 
 from __future__ import annotations
@@ -35,13 +33,10 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
-from .augment import augment_batch
 from .config import Config
-from .corruption import synthesize_defects
 from .data import ImageSet, load_split, split_train_val
-from .losses import build_loss
-from .model import build_model
-from .scoring import calibrate, to_float
+from .models import build_model, get_family
+from .scoring import calibrate
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -58,12 +53,13 @@ class TrainResult:
     run_dir: Path
     config: Config
     model: nn.Module
-    history: dict[str, list[float]]
+    history: dict[str, list[float]]  # per-epoch losses (gradient families), empty otherwise
     epochs_done: int
     best_val_loss: float
     status: str  # "completed", "time_limit" or "already_done"
     seconds: float
     calibration: dict[str, Any] = field(default_factory=dict)
+    fit_info: dict[str, Any] = field(default_factory=dict)  # what direct fitting did (memory bank: patches, bank size)
 
     @property
     def best_path(self) -> Path:
@@ -88,36 +84,11 @@ def _lr_lambda(config: Config, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
-def _trainable(model: nn.Module) -> nn.Module:
-    """The part of the model that trains (the feature autoencoder in feature mode)."""
-    return getattr(model, "autoencoder", model)
-
-
 def load_data(config: Config, data_root: str | Path) -> tuple[ImageSet, ImageSet]:
     """The category's good training images split into (train, held-out) by ``val_fraction`` and ``seed``."""
     full = load_split(data_root, config.category, "train", config.image_size, config.channels)
     train_idx, val_idx = split_train_val(len(full), config.val_fraction, config.seed)
     return full.subset(train_idx), full.subset(val_idx)
-
-
-@torch.no_grad()
-def _extract(model: nn.Module, images: Tensor, device: torch.device, batch_size: int) -> Tensor:
-    """Cached backbone features (N,F,h,w) float16 on the CPU, for uint8 images (N,3,H,W) (float in [0,1] ok)."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device)
-        batch = batch.float().div(255.0) if batch.dtype == torch.uint8 else batch.float()
-        out.append(model.extractor(batch).to(torch.float16).cpu())
-    return torch.cat(out)
-
-
-def _feature_cache(model: nn.Module, images: Tensor, config: Config, device: torch.device, gen: torch.Generator):
-    """Features of the training images plus one augmented view per image when augmentations are on."""
-    feats = [_extract(model, images, device, config.batch_size)]
-    if config.augmentations:
-        aug = augment_batch(images.float().div(255.0), config.augmentations, gen)
-        feats.append(_extract(model, aug, device, config.batch_size))
-    return torch.cat(feats)
 
 
 def fit(
@@ -139,11 +110,24 @@ def fit(
     Resumes from ``run_dir/last.pt`` when it exists and ``resume`` is true.
     ``on_epoch(epoch, history)`` is called after every epoch (live loss curves).
     """
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    try:
+        return _fit(config, data_root, run_dir, device, progress, train_set, val_set, resume, log, on_epoch)
+    except BaseException:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a failed command leaves no empty run folder behind
+        raise
+
+
+#: Fewer held-out good images than this make the default thresholds (a high percentile) little more than a guess.
+MIN_CALIBRATION_IMAGES = 20
+
+
+def _fit(config, data_root, run_dir, device, progress, train_set, val_set, resume, log, on_epoch) -> TrainResult:
     from tqdm.auto import tqdm
 
     device = torch.device(device)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
     if train_set is None:
@@ -153,17 +137,27 @@ def fit(
     elif val_set is None:
         tr, va = split_train_val(len(train_set), config.val_fraction, config.seed)
         train_set, val_set = train_set.subset(tr), train_set.subset(va)
+    if len(val_set) < MIN_CALIBRATION_IMAGES:
+        log(
+            f"warning: {config.category}: only {len(val_set)} held-out good images calibrate the default thresholds "
+            f"(at least {MIN_CALIBRATION_IMAGES} are needed for a {config.threshold_percentile:g}th percentile to "
+            f"be meaningful); add good images or raise val_fraction (now {config.val_fraction})"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)
+    family = get_family(config)
     model = build_model(config).to(device)
-    trainable = _trainable(model)
+    if not family.trains_by_gradient:
+        return _fit_direct(family, model, config, run_dir, device, train_set, val_set, progress, log, started, resume)
+    trainable = family.trainable(model)
     params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     use_amp = bool(config.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
 
-    views = 2 if config.mode == "feature" and config.augmentations else 1
+    views = family.views(config)
     n = len(train_set) * views
     batch_size = min(config.batch_size, n)
     steps_per_epoch = max(1, n // batch_size)
@@ -171,17 +165,11 @@ def fit(
 
     history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_loss": [], "lr": [], "seconds": []}
     epoch, best_val = 0, math.inf
+    partial: dict[str, Any] | None = None  # the position inside an epoch a mid-epoch checkpoint stopped at
     last_path, best_path = run_dir / LAST, run_dir / BEST
     if resume and (last_path.exists() or ckpt.previous_path(last_path).exists()):
-        state = ckpt.load_checkpoint(last_path, map_location=device)
-        saved = Config.from_dict(state["config"])
-        diff = config.mismatches(saved)
-        if diff:
-            listed = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (b, a) in diff.items())
-            raise ckpt.CheckpointError(
-                f"{last_path} was trained with a different config ({listed}). Use the saved settings to resume, "
-                "or train into a new run folder (or delete that folder to start over)"
-            )
+        state = _resumable_state(last_path, config, device)
+        partial = state.get("partial_epoch")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -191,24 +179,17 @@ def fit(
         ckpt.set_rng_state(state["rng"])
         if "generator" in state:
             gen.set_state(state["generator"])
-        log(f"resumed {config.category} from {state['loaded_from']} at epoch {epoch}/{config.epochs}")
+        where = f", step {partial['step']}/{steps_per_epoch} of epoch {epoch + 1}" if partial else ""
+        log(f"resumed {config.category} from {state['loaded_from']} at epoch {epoch}/{config.epochs}{where}")
     config.save(run_dir / "config.json")
 
-    train_x, val_x = train_set.images, val_set.images
-    perceptual = None
-    if config.mode == "unet" and config.loss_perceptual_weight > 0:
-        from .backbones import FeatureExtractor
+    loss_fn = family.loss(config, device)
+    if epoch < config.epochs:
+        train_x, val_x = family.prepare(model, train_set, val_set, config, device, log)
 
-        perceptual = FeatureExtractor(config.backbone, config.feature_layers, config.pretrained).to(device)
-    loss_fn = build_loss(config, perceptual_extractor=perceptual)
-    if epoch < config.epochs and config.mode == "feature":
-        log(f"extracting {config.backbone} features of {len(train_set)} training images (once)")
-        cache_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)  # same views on every resume
-        train_x = _feature_cache(model, train_set.images, config, device, cache_gen)
-        val_x = _extract(model, val_set.images, device, config.batch_size)
-
-    def payload(kind: str) -> dict[str, Any]:
+    def payload(kind: str, partial_epoch: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
+            "partial_epoch": partial_epoch,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -224,23 +205,7 @@ def fit(
 
     def run_batch(x: Tensor, train: bool) -> tuple[Tensor, dict[str, float]]:
         """Loss of one batch; the forward pass runs under autocast on CUDA, the loss in float32."""
-
-        def fp32(out: dict) -> dict:
-            return {k: v.float() for k, v in out.items()}
-
-        if config.mode == "feature":
-            x = x.to(device).float()
-            with torch.autocast(device_type=device.type, enabled=use_amp):
-                out = model.autoencoder(x)
-            return loss_fn(fp32(out), x)
-        clean = to_float(x, device)
-        inputs = clean
-        if train:
-            clean = augment_batch(clean, config.augmentations, gen)
-            inputs, _ = synthesize_defects(clean, gen, config.corruption_prob, config.corruptions)
-        with torch.autocast(device_type=device.type, enabled=use_amp):
-            out = model(inputs)
-        return loss_fn(fp32(out), clean)
+        return family.batch_loss(model, loss_fn, x, train, config, device, gen, use_amp)
 
     status = "already_done" if epoch >= config.epochs else "completed"
     last_saved = time.monotonic()
@@ -248,9 +213,15 @@ def fit(
     while epoch < config.epochs:
         epoch_start = time.monotonic()
         trainable.train()
-        order = torch.randperm(n, generator=gen)
-        total, count, parts_sum = 0.0, 0, {}
-        for step in range(steps_per_epoch):
+        if partial is not None:  # resume inside the epoch a mid-epoch checkpoint interrupted
+            order, first_step = partial["order"], partial["step"]
+            total, count, parts_sum = partial["total"], partial["count"], dict(partial["parts_sum"])
+            epoch_start -= partial["seconds"]
+            partial = None
+        else:
+            order, first_step = torch.randperm(n, generator=gen), 0
+            total, count, parts_sum = 0.0, 0, {}
+        for step in range(first_step, steps_per_epoch):
             idx = order[step * batch_size : (step + 1) * batch_size]
             loss, parts = run_batch(train_x[idx], train=True)
             if not torch.isfinite(loss):
@@ -271,6 +242,12 @@ def fit(
             count += len(idx)
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v * len(idx)
+            if step + 1 < steps_per_epoch and time.monotonic() - last_saved >= 60 * config.checkpoint_every_minutes:
+                # a long epoch: save where we are inside it, so a disconnect loses at most that interval
+                inside = {"step": step + 1, "order": order, "total": total, "count": count,
+                          "parts_sum": dict(parts_sum), "seconds": time.monotonic() - epoch_start}  # fmt: skip
+                ckpt.save_checkpoint(last_path, payload("last", inside))
+                last_saved = time.monotonic()
         trainable.eval()
         with torch.no_grad():
             val_losses = [run_batch(val_x[s : s + batch_size], train=False)[0].item() for s in range(0, len(val_x), batch_size)]
@@ -305,23 +282,13 @@ def fit(
     bar.close()
 
     # The best weights, calibrated on held-out good images, are what evaluation uses.
-    if best_path.exists():
-        best = ckpt.load_checkpoint(best_path, map_location=device)
+    best = _read_best(best_path, LAST, device, log)
+    if best is not None:
         model.load_state_dict(best["model"])
-    else:
-        best = payload("best")
+    else:  # never written (no epoch improved on inf?) or broken: the latest weights become best.pt
+        best = {**payload("best"), "rebuilt": True}
     model.eval()
-    calibration = best.get("calibration") or {}
-    # recalibrate for new best weights, and when scoring settings changed since (they may change on resume)
-    stale = best.get("calibrated_epoch") != best["epoch"] or best.get("calibrated_config") != config.to_dict()
-    if not calibration or stale:
-        calibration = calibrate(model, val_set.images, config, device, batch_size, train_images_uint8=train_set.images)
-        best["calibration"] = calibration
-        best["calibrated_epoch"] = best["epoch"]
-        best["calibrated_config"] = config.to_dict()
-        best["config"] = config.to_dict()  # evaluation scores with the settings it was calibrated for
-        best.pop("loaded_from", None)
-        ckpt.save_checkpoint(best_path, best, keep_previous=False)
+    calibration = _calibrated(model, config, device, best_path, train_set, val_set, batch_size, best)
     return TrainResult(
         run_dir=run_dir,
         config=config,
@@ -333,6 +300,109 @@ def fit(
         seconds=time.monotonic() - started,
         calibration=calibration,
     )
+
+
+def describe_fit(result: TrainResult) -> str:
+    """One line on what fitting did: epochs and best loss, or the direct fit's figures (memory bank)."""
+    info = result.fit_info
+    if info:
+        return (
+            f"bank of {info.get('bank_size', 0):,} patches from {info.get('patches_seen', 0):,} "
+            f"({info.get('images', 0)} images, fitted in {info.get('fit_seconds', 0.0):.1f} s)"
+        )
+    return f"{result.epochs_done} epochs, best val loss {result.best_val_loss:.5f}"
+
+
+def _resumable_state(last_path: Path, config: Config, device: torch.device) -> dict[str, Any]:
+    """``last.pt`` (or its ``.prev``), refusing a config that changes the model or the data."""
+    state = ckpt.load_checkpoint(last_path, map_location=device)
+    saved = Config.from_dict(state["config"])
+    diff = config.mismatches(saved)
+    if diff:
+        listed = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (b, a) in diff.items())
+        raise ckpt.CheckpointError(
+            f"{last_path} was trained with a different config ({listed}). Use the saved settings to resume, "
+            "or train into a new run folder (or delete that folder to start over)"
+        )
+    return state
+
+
+def _fit_direct(family, model, config, run_dir, device, train_set, val_set, progress, log, started, resume):
+    """Fit a family without gradients (e.g. the memory bank) and checkpoint it like any other run.
+
+    ``last.pt`` and ``best.pt`` hold the same fitted state (``epoch`` = ``config.epochs`` marks it finished), so
+    resume, ``is_finished``, evaluation and the checkpoint checks work unchanged. A finished run is loaded,
+    not refitted.
+    """
+    last_path, best_path = run_dir / LAST, run_dir / BEST
+    info: dict[str, Any] = {}
+    status = "completed"
+    state = None
+    if resume and (last_path.exists() or ckpt.previous_path(last_path).exists()):
+        state = _resumable_state(last_path, config, device)
+        model.load_state_dict(state["model"])
+        info = dict(state.get("fit_info") or {})
+        status = "already_done"
+        log(f"{config.category}: loaded the fitted {config.mode} from {state['loaded_from']}")
+    config.save(run_dir / "config.json")
+    if state is None:
+        model.eval()
+        info = family.fit(model, train_set, config, device, progress=progress, log=log)
+        state = {
+            "model": model.state_dict(),
+            "epoch": config.epochs,
+            "history": {},
+            "config": config.to_dict(),
+            "best_metric": float("nan"),
+            "rng": ckpt.rng_state(),
+            "fit_info": info,
+            "role": "last",
+        }
+        ckpt.save_checkpoint(last_path, state)
+    model.eval()
+    best = _read_best(best_path, LAST, device, log) or {**state, "rebuilt": True}
+    calibration = _calibrated(model, config, device, best_path, train_set, val_set, config.batch_size, best)
+    return TrainResult(
+        run_dir=run_dir,
+        config=config,
+        model=model,
+        history={},
+        epochs_done=config.epochs,
+        best_val_loss=float("nan"),
+        status=status,
+        seconds=time.monotonic() - started,
+        calibration=calibration,
+        fit_info=info,
+    )
+
+
+def _read_best(best_path: Path, last_name: str, device, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """``best.pt``, or ``None`` when it is missing or broken (then it is rebuilt from ``last.pt``, said in one line)."""
+    if not best_path.exists():
+        return None
+    try:
+        return ckpt.load_checkpoint(best_path, map_location=device)
+    except ckpt.CheckpointError as exc:
+        log(f"{best_path} is unreadable ({str(exc).split(';')[0][:120]}); rebuilding it from {last_name}, no retraining")
+        return None
+
+
+def _calibrated(model, config, device, best_path, train_set, val_set, batch_size, best) -> dict[str, Any]:
+    """The calibration stored in ``best`` (``best.pt``'s payload), recomputed and saved to ``best_path`` when the
+    weights or scoring settings changed since, or when ``best.pt`` had to be rebuilt."""
+    calibration = best.get("calibration") or {}
+    stale = best.get("calibrated_epoch") != best["epoch"] or best.get("calibrated_config") != config.to_dict()
+    if not calibration or stale or not best_path.exists() or best.get("rebuilt"):
+        calibration = calibrate(model, val_set.images, config, device, batch_size, train_images_uint8=train_set.images)
+        best["calibration"] = calibration
+        best["calibrated_epoch"] = best["epoch"]
+        best["calibrated_config"] = config.to_dict()
+        best["config"] = config.to_dict()  # evaluation scores with the settings it was calibrated for
+        best["role"] = "best"
+        for key in ("loaded_from", "rebuilt"):
+            best.pop(key, None)
+        ckpt.save_checkpoint(best_path, best, keep_previous=False)
+    return calibration
 
 
 def load_trained(run_dir_or_file: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config, dict]:

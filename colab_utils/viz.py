@@ -783,7 +783,7 @@ def _panels(
     return panels, pred
 
 
-_FEATURE_NOTE = "feature mode:\nno pixel\nreconstruction"
+_FEATURE_NOTE = "this model has\nno pixel\nreconstruction"
 
 
 def _compose(
@@ -911,7 +911,7 @@ def save_gallery_png(
     scale = header[20 + panel_size :]  # colour bar + range, under the heatmap column
     lines = [f"{result.category}: heatmap scale shared by all rows; pixel threshold {thr:.3g}"]
     if result.recons is None:
-        lines.append("feature mode: no pixel reconstruction")
+        lines.append(f"{result.config.get('mode', 'this')} model: no pixel reconstruction")
     title = Image.new("RGB", (row.shape[1], 20 * len(lines) + 4), (255, 255, 255))
     for k, line in enumerate(lines):
         ImageDraw.Draw(title).text((2, 12 + 20 * k), line, fill=(0, 0, 0), font=_font(14), anchor="lm")

@@ -230,6 +230,16 @@ def test_unknown_category_suggests_close_names(tiny_root):
     assert "widget" in str(err.value)  # lists what exists
 
 
+def test_empty_data_folder_gets_no_made_up_suggestion(tmp_path):
+    with pytest.raises(DataError) as err:
+        load_split(tmp_path, "title", "train", 32, 3)  # close to MVTec's "tile", which is not there
+    msg = str(err.value)
+    assert "Did you mean" not in msg and "none (the folder holds no category yet)" in msg
+    with pytest.raises(DataError, match="python -m colab_utils download") as err:
+        load_split(tmp_path, "tile", "train", 32, 3)
+    assert "Did you mean" not in str(err.value)
+
+
 def test_missing_and_empty_folders(tiny_root, tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_split(tmp_path / "missing", "widget", "train", 32, 3)

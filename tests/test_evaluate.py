@@ -103,9 +103,26 @@ def test_command_line_errors_name_the_problem(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "nowhere" in err
+    assert not (tmp_path / "bottle").exists()  # a failed command leaves no empty run folder
     code = main(["evaluate", "--data-root", str(tmp_path), "--category", "bottle", "--out", str(tmp_path / "runs")])
     assert code == 2
     assert "train first" in capsys.readouterr().err
+
+
+def test_command_line_names_the_profile_it_picked(sample_root, tmp_path, capsys, monkeypatch):
+    from colab_utils.cli import _resolve_profile
+
+    monkeypatch.delenv("SMOKE", raising=False)
+    assert _resolve_profile("auto", "cpu", "unet") == "cpu"
+    out = capsys.readouterr().out
+    assert "profile 'cpu' (chosen by --profile auto, device cpu)" in out and "image_size=128" in out
+    runs = tmp_path / "runs"
+    args = ["--data-root", str(sample_root), "--category", "sample", "--out", str(runs), "--device", "cpu"]
+    assert main(["train", *args, "--profile", "smoke", "--mode", "unet", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "profile 'smoke' (as asked" in out and "base_width=8" in out
+    saved = json.loads((runs / "sample" / "config.json").read_text())
+    assert saved["image_size"] == 64 and saved["base_width"] == 8 and saved["epochs"] == 1
 
 
 def test_user_folder_without_masks_end_to_end(sample_root, tmp_path):

@@ -9,8 +9,8 @@ from kornia.losses import ssim_loss
 
 from colab_utils.backbones import FeatureExtractor
 from colab_utils.config import Config
-from colab_utils.losses import FeatureLoss, ReconstructionLoss, build_loss, ssim_window_for
-from colab_utils.model import UNetAutoencoder
+from colab_utils.losses import FeatureLoss, ReconstructionLoss, ssim_window_for
+from colab_utils.models import UNetAutoencoder, get_family
 
 
 def _pyramid(x: torch.Tensor, scales=(1, 2, 4)) -> dict[int, torch.Tensor]:
@@ -154,5 +154,5 @@ def test_feature_loss_and_build_loss():
     assert total.item() == pytest.approx(parts["mse"] + 0.5 * parts["cosine"], rel=1e-5)
     total.backward()
     assert recon.grad.abs().sum() > 0
-    assert isinstance(build_loss(Config(mode="feature")), FeatureLoss)
-    assert isinstance(build_loss(Config(mode="unet")), ReconstructionLoss)
+    assert isinstance(get_family("feature").loss(Config(mode="feature"), "cpu"), FeatureLoss)
+    assert isinstance(get_family("unet").loss(Config(mode="unet"), "cpu"), ReconstructionLoss)

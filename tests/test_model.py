@@ -1,4 +1,4 @@
-"""Tests of colab_utils.model: shapes and ranges, skip levels, GroupNorm batch independence, feature mode,
+"""Tests of colab_utils.models (U-Net and feature families): shapes and ranges, skip levels, GroupNorm batch independence, feature mode,
 build_model, and a short real-data training run that lowers the loss."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from colab_utils.backbones import FeatureExtractor
 from colab_utils.config import Config
 from colab_utils.corruption import synthesize_defects
 from colab_utils.losses import ReconstructionLoss
-from colab_utils.model import FeatureAutoencoder, FeatureModel, UNetAutoencoder, build_model, count_parameters
+from colab_utils.models import FeatureAutoencoder, FeatureModel, UNetAutoencoder, build_model, count_parameters
 
 
 @pytest.mark.parametrize("channels", [1, 3])

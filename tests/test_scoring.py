@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from colab_utils.config import Config
-from colab_utils.model import build_model
+from colab_utils.models import build_model
+from colab_utils.models.unet import pixel_error_map
 from colab_utils.scoring import (
     MapNormalizer,
     PositionStats,
@@ -15,7 +16,6 @@ from colab_utils.scoring import (
     calibrate,
     gaussian_smooth,
     image_scores,
-    pixel_error_map,
     predict,
 )
 
@@ -105,5 +105,6 @@ def test_calibrate_sets_thresholds_from_good_images_only():
 def test_anomaly_maps_of_feature_model_have_image_size():
     cfg = Config(mode="feature", image_size=64, pretrained=False, smooth_sigma=1.0)
     model = build_model(cfg).eval()
-    maps, recon = anomaly_maps(model, torch.rand(2, 3, 64, 64), cfg)
+    out = anomaly_maps(model, torch.rand(2, 3, 64, 64), cfg)
+    maps, recon = out.maps, out.recon
     assert maps.shape == (2, 1, 64, 64) and recon is None and bool((maps >= 0).all())

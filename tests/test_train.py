@@ -8,6 +8,7 @@ import torch
 from colab_utils import checkpoint as ckpt
 from colab_utils import train as train_mod
 from colab_utils.config import Config
+from colab_utils.models import get_family
 from colab_utils.train import LAST, TrainingDiverged, fit, is_finished, load_trained, train_all
 
 
@@ -103,11 +104,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(sample_root, tmp_path, mo
     cfg = tiny_unet(epochs=3)
     train_set, val_set = train_mod.load_data(cfg, sample_root)
     first_epoch_calls = len(train_set) // cfg.batch_size + -(-len(val_set) // cfg.batch_size)
-    real_build = train_mod.build_loss
+    family = get_family(cfg)
+    real_build = family.loss
     calls = {"n": 0}
 
-    def poisoned(config, perceptual_extractor=None):
-        loss = real_build(config, perceptual_extractor)
+    def poisoned(config, device):
+        loss = real_build(config, device)
 
         def fn(outputs, target):
             total, parts = loss(outputs, target)
@@ -118,7 +120,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(sample_root, tmp_path, mo
 
         return fn
 
-    monkeypatch.setattr(train_mod, "build_loss", poisoned)
+    monkeypatch.setattr(family, "loss", poisoned)
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         fit(cfg, sample_root, tmp_path / "run", progress=False, log=lambda m: None)
     state = ckpt.load_checkpoint(tmp_path / "run" / LAST)
@@ -168,3 +170,93 @@ def test_changed_scoring_settings_recalibrate_a_finished_run(sample_root, tmp_pa
     assert after["calibration"]["image_threshold"] != before["calibration"]["image_threshold"]
     _, loaded, _ = load_trained(tmp_path / "run")
     assert loaded.smooth_sigma == 3.0
+
+
+_KILLABLE_RUN = """
+import sys, torch
+torch.set_num_threads(1)
+from colab_utils.config import Config
+from colab_utils.train import fit
+cfg = Config.from_dict({cfg!r})
+fit(cfg, {root!r}, {run!r}, progress=False, log=lambda m: None)
+"""
+
+
+def test_killed_mid_epoch_run_resumes_from_inside_the_epoch(sample_root, tmp_path):
+    """A real SIGKILL in the middle of a long epoch loses at most checkpoint_every_minutes of work."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tiny_unet(epochs=1, batch_size=2, checkpoint_every_minutes=0.002)  # a save every ~0.1 s inside the epoch
+    reference = fit(cfg, sample_root, tmp_path / "ref", progress=False, log=lambda m: None)
+    run = tmp_path / "run"
+    code = _KILLABLE_RUN.format(cfg=cfg.to_dict(), root=str(sample_root), run=str(run))
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    step = 0
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run / LAST).exists():
+                try:
+                    partial = ckpt.load_checkpoint(run / LAST, fallback=False).get("partial_epoch")
+                except ckpt.CheckpointError:
+                    partial = None
+                if partial and partial["step"] >= 3:
+                    step = partial["step"]
+                    break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and step >= 3, "the run was not caught mid-epoch"
+    state = ckpt.load_checkpoint(run / LAST)
+    assert state["epoch"] == 0 and state["partial_epoch"]["step"] >= step
+    messages = []
+    resumed = fit(cfg, sample_root, run, progress=False, log=messages.append)
+    assert any("resumed" in m and f"step {state['partial_epoch']['step']}/" in m for m in messages), messages
+    # model, optimizer, scheduler, RNG and the epoch's order restored: the same weights as the uninterrupted run
+    for name, value in _params(reference.model).items():
+        assert torch.allclose(value.float(), resumed.model.state_dict()[name].float(), atol=1e-5), name
+    assert resumed.history["train_loss"] == pytest.approx(reference.history["train_loss"], rel=1e-4)
+
+
+def test_broken_best_checkpoint_is_rebuilt_from_last(sample_root, tmp_path):
+    cfg = tiny_unet(epochs=1)
+    fit(cfg, sample_root, tmp_path / "run", progress=False, log=lambda m: None)
+    best = tmp_path / "run" / "best.pt"
+    best.write_bytes(best.read_bytes()[:500])
+    assert not is_finished(tmp_path / "run", cfg)
+    messages = []
+    result = fit(cfg, sample_root, tmp_path / "run", progress=False, log=messages.append)
+    rebuilt = [m for m in messages if "rebuilding it from last.pt" in m]
+    assert len(rebuilt) == 1 and result.status == "already_done"
+    model, _, state = load_trained(tmp_path / "run")
+    assert state["calibration"]["image_threshold"] == result.calibration["image_threshold"]
+    assert is_finished(tmp_path / "run", cfg)
+
+
+def test_corrupt_checkpoint_warning_is_printed_once(sample_root, tmp_path):
+    import warnings
+
+    cfg = tiny_unet(epochs=2)
+    fit(cfg, sample_root, tmp_path / "run", progress=False, log=lambda m: None)
+    last = tmp_path / "run" / LAST
+    last.write_bytes(last.read_bytes()[:1000])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            ckpt.load_checkpoint(last)
+    assert sum("previous good copy" in str(w.message) for w in caught) == 1
+
+
+def test_too_few_good_images_for_calibration_are_warned_about(sample_root, tmp_path):
+    from colab_utils.data import load_split
+
+    full = load_split(sample_root, "sample", "train", 64, 3)
+    messages = []
+    fit(tiny_unet(epochs=1), None, tmp_path / "run", train_set=full.subset(list(range(18))),
+        progress=False, log=messages.append)  # fmt: skip
+    assert any("warning" in m and "held-out good images calibrate" in m for m in messages)

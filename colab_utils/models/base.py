@@ -1,0 +1,103 @@
+"""The interface every model family implements, and the one registry ``Config.mode`` picks from.
+
+A family is a small object (one per module under ``colab_utils/models/``) that knows how to
+
+- ``build(config, pretrained=None) -> nn.Module``: the model, on the CPU; its ``state_dict()`` is ALL of its
+  state (weights, frozen backbone, memory bank), so a checkpoint is self-contained;
+- fit it on good images, either by gradient (``trains_by_gradient = True``: the shared loop in
+  :mod:`colab_utils.train` calls :meth:`Family.prepare`, :meth:`Family.loss` and :meth:`Family.batch_loss`) or
+  directly (``trains_by_gradient = False``: :meth:`Family.fit`, e.g. the memory bank);
+- ``raw_maps(model, images, config) -> MapOutput``: images (B, C, H, W) float in [0, 1] -> raw (unsmoothed,
+  un-normalised) anomaly maps (B, 1, H, W), the full-size reconstruction (B, C, H, W) in [0, 1] or ``None``,
+  and optionally the family's own image scores (B,).
+
+Scoring, calibration, evaluation, results.json, the gallery, the command line and the notebooks only ever
+talk to this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class MapOutput:
+    """What a family returns for a batch: raw maps (B,1,H,W) >= 0-ish reals, recon (B,C,H,W) | None, scores (B,) | None."""
+
+    maps: Tensor
+    recon: Tensor | None = None
+    scores: Tensor | None = None
+
+
+class Family:
+    """Base class of a model family; subclasses set the class attributes and override what applies."""
+
+    name: str = ""
+    trains_by_gradient: bool = True
+    needs_backbone: bool = False  # needs ImageNet weights when ``config.pretrained``
+    has_reconstruction: bool = False  # raw_maps returns a pixel reconstruction (shown by the gallery)
+    default_score_norm: str = "position"  # what ``image_score_norm="auto"`` means for this family
+    has_image_score: bool = False  # raw_maps returns the family's own image scores (then they are the scores)
+
+    def build(self, config, pretrained: bool | None = None) -> nn.Module:
+        raise NotImplementedError
+
+    def needs_weights(self, config) -> bool:
+        """Whether building this config's model (and its loss) loads ImageNet weights (a download, or a local file)."""
+        return bool(self.needs_backbone and config.pretrained)
+
+    # ---- gradient families --------------------------------------------------
+    def trainable(self, model: nn.Module) -> nn.Module:
+        """The part of the model the optimiser updates (and ``train()``/``eval()`` toggles)."""
+        return model
+
+    def views(self, config) -> int:
+        """How many training inputs :meth:`prepare` makes per training image (an epoch's length)."""
+        return 1
+
+    def prepare(self, model: nn.Module, train_set, val_set, config, device, log: Callable[[str], None]):
+        """(train inputs, held-out inputs): what :meth:`batch_loss` indexes (rows). Default: the uint8 images."""
+        return train_set.images, val_set.images
+
+    def loss(self, config, device) -> Callable:
+        raise NotImplementedError
+
+    def batch_loss(self, model, loss_fn, x: Tensor, train: bool, config, device, gen, use_amp: bool):
+        """(scalar loss tensor, dict of floats) for one batch ``x`` of what :meth:`prepare` returned."""
+        raise NotImplementedError
+
+    # ---- direct fitting ---------------------------------------------------------
+    def fit(self, model: nn.Module, train_set, config, device, progress: bool = True, log: Callable = print) -> dict:
+        """Fit without gradients; returns a dict of plain numbers describing what was done."""
+        raise NotImplementedError
+
+    # ---- inference ----------------------------------------------------------------
+    def raw_maps(self, model: nn.Module, images: Tensor, config) -> MapOutput:
+        raise NotImplementedError
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    """Add ``family`` to the registry under ``family.name`` (what ``Config.mode`` names)."""
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(mode_or_config: Any) -> Family:
+    """The family of a ``Config`` (its ``mode``) or of a mode name."""
+    mode = getattr(mode_or_config, "mode", mode_or_config)
+    if mode not in FAMILIES:
+        raise ValueError(f"Config.mode={mode!r}: unknown model family; choose from {sorted(FAMILIES)}")
+    return FAMILIES[mode]
+
+
+def feature_error_map(features: Tensor, recon: Tensor, size: tuple[int, int]) -> Tensor:
+    """Channel-mean squared feature error, (B,F,h,w) x2 -> (B,1,H,W) upsampled to ``size`` (bilinear)."""
+    err = ((features.float() - recon.float()) ** 2).mean(1, keepdim=True)
+    return F.interpolate(err, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,274 @@
+"""Patch memory bank (``mode="memory_bank"``), PatchCore-style: no training by gradient.
+
+Fitting: locally aware patch features of every good training image (frozen ImageNet backbone, each stage's
+output averaged over a ``bank_neighbourhood`` x ``bank_neighbourhood`` window, brought to one grid of stride
+``bank_stride`` and concatenated), then a greedy k-center coreset of ``coreset_ratio`` of them, chosen on a
+random projection to ``coreset_projection`` dimensions. The bank is stored as float16 in the model's
+state_dict, so a checkpoint holds it like any other weights.
+
+Inference: every patch of a test image is compared with its nearest bank entry (exact L2 search); the raw map is
+that distance on the patch grid, (B, 1, H // stride, W // stride), >= 0. The image score is PatchCore's: the
+largest patch distance, re-weighted by how isolated its nearest bank entry is among its
+``bank_reweight_neighbors`` nearest bank neighbours (``bank_reweight_neighbors=0``: the plain largest
+distance).
+
+Search backends (``bank_search``): ``"torch"`` (chunked ``|q|^2 - 2 q.b + |b|^2`` with a matrix product) or
+``"faiss"`` (``faiss.IndexFlatL2``, the optional ``faiss-cpu`` package); ``"auto"`` is torch (measured in
+benchmarks/README.md: the same speed on this CPU, and no extra dependency).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbones import FeatureExtractor
+from .base import Family, MapOutput, register
+
+#: Default stages per backbone. MobileNetV2: strides 4, 8 and 16 (``features[3]``, ``[6]``, ``[13]``), measured:
+#: adding the stride-4 stage to PatchCore's usual strides 8 + 16 raised screw image AUROC from 87.4 to 94.3 at a
+#: 1 % coreset (benchmarks/README.md). The ResNets: PatchCore's own layer2 + layer3 (not measured here).
+DEFAULT_BANK_LAYERS = {
+    "mobilenet_v2": (3, 6, 13),
+    "efficientnet_b0": (3, 5),
+    "resnet18": (2, 3),
+    "wide_resnet50_2": (2, 3),
+}
+
+SEARCH_BACKENDS = ("auto", "torch", "faiss")
+
+
+def _sq_norms(x: Tensor) -> Tensor:
+    return (x * x).sum(1)
+
+
+def greedy_coreset(
+    features: Tensor,
+    n_select: int,
+    projection_dim: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+    start: int | None = None,
+) -> Tensor:
+    """Greedy k-center (farthest-point) subsampling, as in PatchCore.
+
+    features: (N, D) float. Returns int64 indices (n_select,) into ``features``, in the order chosen: each next
+    index is the point farthest (L2) from all chosen so far. ``start`` is the first one (default: a seeded random
+    point). Distances are computed on a Gaussian random projection to ``projection_dim`` dimensions when D is
+    larger (Johnson-Lindenstrauss; 0 = no projection), which is what makes it fast: one matrix-vector product
+    over the N projected points per selection. Runs on the device of ``features``.
+    """
+    from tqdm.auto import tqdm
+
+    n = features.shape[0]
+    n_select = int(min(max(1, n_select), n))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = features.float()
+    if projection_dim and projection_dim < x.shape[1]:
+        proj = torch.randn(x.shape[1], projection_dim, generator=gen) / math.sqrt(projection_dim)
+        x = x @ proj.to(x.device)
+    x = x.contiguous()
+    norms = _sq_norms(x)
+    last = int(torch.randint(n, (1,), generator=gen)) if start is None else int(start)
+    chosen = torch.empty(n_select, dtype=torch.long)
+    chosen[0] = last
+    min_d = torch.full((n,), math.inf, device=x.device)
+    for i in tqdm(range(1, n_select), desc="coreset", disable=not progress, leave=False, mininterval=1.0):
+        # squared distance of every point to the last chosen one: |x|^2 - 2 x.c + |c|^2
+        d = torch.addmv(norms, x, x[last], alpha=-2.0).add_(norms[last])
+        torch.minimum(min_d, d, out=min_d)
+        last = int(torch.argmax(min_d))
+        chosen[i] = last
+    return chosen
+
+
+def nearest_torch(queries: Tensor, bank: Tensor, bank_sq: Tensor | None = None, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Exact nearest bank entry of each query. queries (Q, D), bank (M, D) -> (L2 distance (Q,), index (Q,))."""
+    bank = bank.float()
+    bank_sq = _sq_norms(bank) if bank_sq is None else bank_sq
+    dists, idxs = [], []
+    for s in range(0, queries.shape[0], chunk):
+        q = queries[s : s + chunk].float()
+        d = torch.addmm(bank_sq[None, :], q, bank.T, alpha=-2.0)  # (q, M) = |b|^2 - 2 q.b
+        val, idx = d.min(1)
+        dists.append((val + _sq_norms(q)).clamp_min_(0).sqrt_())
+        idxs.append(idx)
+    return torch.cat(dists), torch.cat(idxs)
+
+
+def nearest_faiss(queries: Tensor, index: Any) -> tuple[Tensor, Tensor]:
+    """Exact nearest entry through a faiss ``IndexFlatL2`` (CPU). Same returns as :func:`nearest_torch`."""
+    import numpy as np
+
+    q = np.ascontiguousarray(queries.detach().float().cpu().numpy())
+    d2, idx = index.search(q, 1)
+    dist = torch.from_numpy(d2[:, 0]).clamp_min_(0).sqrt_().to(queries.device)
+    return dist, torch.from_numpy(idx[:, 0]).long().to(queries.device)
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class MemoryBankModel(nn.Module):
+    """Frozen backbone + memory bank of normal patch features.
+
+    ``forward(images)``: (B, 3|1, H, W) in [0, 1] -> ``{"maps": (B, 1, H // stride, W // stride) L2 distance to
+    the nearest bank entry, >= 0, "scores": (B,) PatchCore image scores}``. Needs a fitted bank
+    (:meth:`set_bank`); ``state_dict()`` holds the frozen extractor and ``bank`` (M, D) float16, and
+    :meth:`load_state_dict` accepts a bank of any size M.
+    """
+
+    def __init__(self, extractor: FeatureExtractor, reweight_neighbors: int = 9, search: str = "auto") -> None:
+        super().__init__()
+        if search not in SEARCH_BACKENDS:
+            raise ValueError(f"bank_search={search!r}: choose from {SEARCH_BACKENDS}")
+        self.extractor = extractor
+        self.reweight_neighbors = int(reweight_neighbors)
+        self.search = search
+        self.register_buffer("bank", torch.zeros(0, extractor.out_channels, dtype=torch.float16))
+        self._cache: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ bank
+    def set_bank(self, bank: Tensor) -> None:
+        """Install a bank (M, D) (stored as float16)."""
+        if bank.ndim != 2 or bank.shape[1] != self.extractor.out_channels:
+            raise ValueError(f"bank must be (M, {self.extractor.out_channels}), got {tuple(bank.shape)}")
+        self.bank = bank.detach().to(self.bank.device, torch.float16).contiguous()
+        self._cache.clear()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 - torch's signature
+        key = prefix + "bank"
+        if key in state_dict:  # the bank's size is only known from the checkpoint
+            self.bank = torch.zeros_like(state_dict[key], device=self.bank.device)
+            self._cache.clear()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _bank32(self) -> tuple[Tensor, Tensor]:
+        key = (self.bank.device, self.bank.data_ptr(), self.bank.shape[0])
+        if self._cache.get("key") != key:
+            b = self.bank.float()
+            self._cache = {"key": key, "bank": b, "sq": _sq_norms(b)}
+        return self._cache["bank"], self._cache["sq"]
+
+    def _faiss_index(self) -> Any:
+        if "faiss" not in self._cache or self._cache.get("faiss_key") != self._bank32()[0].data_ptr():
+            import faiss
+
+            b = self._bank32()[0].cpu().numpy()
+            index = faiss.IndexFlatL2(b.shape[1])
+            index.add(b)
+            self._cache["faiss"], self._cache["faiss_key"] = index, self._bank32()[0].data_ptr()
+        return self._cache["faiss"]
+
+    def nearest(self, queries: Tensor) -> tuple[Tensor, Tensor]:
+        """(Q, D) -> (distance to the nearest bank entry (Q,), its index (Q,))."""
+        if self.bank.shape[0] == 0:
+            raise RuntimeError("the memory bank is empty: fit the model first (python -m colab_utils train)")
+        if self.search == "faiss" and queries.device.type == "cpu":
+            return nearest_faiss(queries, self._faiss_index())
+        bank, sq = self._bank32()
+        return nearest_torch(queries, bank, sq)
+
+    # --------------------------------------------------------------- forward
+    def patch_features(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) in [0, 1] -> (B, D, H // stride, W // stride) locally aware patch features."""
+        return self.extractor(images)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        feats = self.patch_features(images)
+        b, d, h, w = feats.shape
+        flat = feats.permute(0, 2, 3, 1).reshape(-1, d)
+        dist, idx = self.nearest(flat)
+        dist, idx = dist.view(b, h * w), idx.view(b, h * w)
+        top, where = dist.max(1)
+        scores = top
+        k = min(self.reweight_neighbors, self.bank.shape[0])
+        if k > 1:
+            bank, sq = self._bank32()
+            q = flat.view(b, h * w, d)[torch.arange(b), where]  # (B, D) the most anomalous patch of each image
+            m = bank[idx[torch.arange(b), where]]  # (B, D) its nearest bank entry
+            # the k nearest bank neighbours of that entry (itself included), then the query's distance to them
+            d_mm = torch.addmm(sq[None, :], m, bank.T, alpha=-2.0)
+            support = d_mm.topk(k, dim=1, largest=False).indices  # (B, k)
+            d_q = (q[:, None, :] - bank[support]).norm(dim=2)  # (B, k), d_q[:, 0] is ~ the patch distance
+            weight = 1.0 - torch.softmax(d_q, dim=1)[:, 0]
+            scores = weight * top
+        return {"maps": dist.view(b, 1, h, w), "scores": scores}
+
+
+def _bank_layers(config) -> tuple[int, ...]:
+    return tuple(config.bank_layers) or DEFAULT_BANK_LAYERS.get(config.backbone, ())
+
+
+@torch.no_grad()
+def collect_patches(model: MemoryBankModel, images_uint8: Tensor, device: torch.device, batch_size: int) -> Tensor:
+    """Patch features of uint8 images (N, C, H, W): (N * h * w, D) float32 on ``device``."""
+    out = []
+    for s in range(0, len(images_uint8), batch_size):
+        x = images_uint8[s : s + batch_size].to(device).float().div_(255.0)
+        f = model.patch_features(x)
+        out.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+    return torch.cat(out)
+
+
+class MemoryBankFamily(Family):
+    """Registry entry of the patch memory bank."""
+
+    name = "memory_bank"
+    trains_by_gradient = False
+    needs_backbone = True
+    has_reconstruction = False
+    has_image_score = True
+    default_score_norm = "global"  # a bank searched wherever the patch sits: per-position statistics only hurt
+
+    def build(self, config, pretrained: bool | None = None) -> nn.Module:
+        extractor = FeatureExtractor(
+            config.backbone,
+            layers=_bank_layers(config),
+            pretrained=config.pretrained if pretrained is None else pretrained,
+            pool=config.bank_neighbourhood,
+            stride=config.bank_stride,
+        )
+        return MemoryBankModel(extractor, config.bank_reweight_neighbors, config.bank_search)
+
+    def fit(self, model, train_set, config, device, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+        """Fill the bank from the good training images; returns what fitting did (for notebook 02)."""
+        t0 = time.perf_counter()
+        patches = collect_patches(model, train_set.images, device, config.batch_size)
+        t1 = time.perf_counter()
+        n_select = max(1, int(round(config.coreset_ratio * patches.shape[0])))
+        if config.coreset_ratio >= 1.0:
+            chosen = torch.arange(patches.shape[0])
+        else:
+            log(f"{config.category}: coreset of {n_select:,} from {patches.shape[0]:,} patches")
+            chosen = greedy_coreset(patches, n_select, config.coreset_projection, config.seed, progress)
+        model.set_bank(patches[chosen.to(patches.device)])
+        t2 = time.perf_counter()
+        return {
+            "images": len(train_set),
+            "patches_seen": int(patches.shape[0]),
+            "bank_size": int(model.bank.shape[0]),
+            "feature_dim": int(patches.shape[1]),
+            "bank_megabytes": model.bank.numel() * 2 / 2**20,
+            "feature_seconds": t1 - t0,
+            "coreset_seconds": t2 - t1,
+            "fit_seconds": t2 - t0,
+        }
+
+    def raw_maps(self, model, images: Tensor, config) -> MapOutput:
+        out = model(images)
+        maps = F.interpolate(out["maps"], size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return MapOutput(maps=maps, recon=None, scores=out["scores"])
+
+
+register(MemoryBankFamily())

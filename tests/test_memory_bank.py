@@ -1,0 +1,141 @@
+"""The patch memory bank family: coreset, search, checkpoint round trip, real-data quality, clear errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from colab_utils import checkpoint as ckpt
+from colab_utils.config import Config
+from colab_utils.evaluate import evaluate
+from colab_utils.models import FAMILIES, build_model, get_family, greedy_coreset
+from colab_utils.models.memory_bank import faiss_available, nearest_faiss, nearest_torch
+from colab_utils.train import BEST, LAST, fit, is_finished, load_trained
+
+QUIET = dict(progress=False, log=lambda m: None)
+
+
+def _brute_force_greedy(points: torch.Tensor, k: int, first: int) -> list[int]:
+    """The textbook farthest-point rule, written the slow obvious way."""
+    chosen = [first]
+    while len(chosen) < k:
+        best, best_d = None, -1.0
+        for i in range(len(points)):
+            d = min(float(torch.dist(points[i], points[j])) for j in chosen)
+            if d > best_d:
+                best, best_d = i, d
+        chosen.append(best)
+    return chosen
+
+
+def test_coreset_keeps_farthest_point_property_on_hand_made_points():
+    # four corners of a 10x10 square, its centre, and points clustered near the origin
+    pts = torch.tensor([[0.0, 0.0], [0.2, 0.1], [0.1, 0.3], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0], [5.0, 5.0]])
+    chosen = greedy_coreset(pts, 5, projection_dim=0, seed=3).tolist()
+    assert chosen == _brute_force_greedy(pts, 5, chosen[0])
+    # whatever the start, the four corners (the farthest-apart points) are all kept among five
+    for seed in range(5):
+        kept = set(greedy_coreset(pts, 5, projection_dim=0, seed=seed).tolist())
+        assert {3, 4, 5} <= kept and ({0, 1, 2} & kept)
+    # covering radius: every point lies within the greedy radius, which is within 2x the optimum (k-center bound)
+    k = 3
+    idx = greedy_coreset(pts, k, projection_dim=0, seed=0)
+    radius = torch.cdist(pts, pts[idx]).min(1).values.max()
+    optimum = min(torch.cdist(pts, pts[list(c)]).min(1).values.max() for c in itertools.combinations(range(7), k))
+    assert radius <= 2 * optimum + 1e-6
+
+
+def test_coreset_on_a_projection_keeps_a_rare_far_point():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 64, generator=gen)
+    x[123] = 40.0  # one rare, far-away patch
+    idx = greedy_coreset(x, 50, projection_dim=16, seed=1)
+    assert len(set(idx.tolist())) == 50 and 123 in idx.tolist()
+
+
+def test_torch_search_matches_brute_force_and_faiss_when_installed():
+    gen = torch.Generator().manual_seed(1)
+    bank, queries = torch.randn(700, 24, generator=gen), torch.randn(300, 24, generator=gen)
+    dist, idx = nearest_torch(queries, bank, chunk=64)
+    ref = torch.cdist(queries, bank)
+    assert torch.equal(idx, ref.argmin(1))
+    assert torch.allclose(dist, ref.min(1).values, atol=1e-4)
+    if faiss_available():
+        import faiss
+
+        index = faiss.IndexFlatL2(24)
+        index.add(bank.numpy())
+        fd, fi = nearest_faiss(queries, index)
+        assert torch.equal(fi, idx) and torch.allclose(fd, dist, atol=1e-3)
+
+
+def _tiny_bank(**kw) -> Config:
+    values = dict(mode="memory_bank", image_size=64, pretrained=False, coreset_ratio=0.25, batch_size=8,
+                  smooth_sigma=1.0, epochs=1)
+    values.update(kw)
+    return Config.for_category("sample", **values)
+
+
+def test_registry_names_every_mode_and_rejects_unknown_ones():
+    from colab_utils.config import MODES
+
+    assert set(FAMILIES) == set(MODES)
+    with pytest.raises(ValueError, match="choose from"):
+        get_family("patchcore")
+
+
+def test_bank_round_trips_through_a_checkpoint_bit_for_bit(sample_root, tmp_path):
+    cfg = _tiny_bank()
+    result = fit(cfg, sample_root, tmp_path / "run", **QUIET)
+    bank = result.model.bank.clone()
+    assert bank.dtype == torch.float16 and bank.shape[0] == result.fit_info["bank_size"] > 0
+    model, loaded_cfg, state = load_trained(tmp_path / "run", "cpu")
+    assert torch.equal(model.bank, bank)
+    assert loaded_cfg.mode == "memory_bank" and state["calibration"]["image_threshold"] > 0
+    assert is_finished(tmp_path / "run", cfg)
+    # fitting again loads instead of refitting
+    again = fit(cfg, sample_root, tmp_path / "run", **QUIET)
+    assert again.status == "already_done" and torch.equal(again.model.bank, bank)
+    # the same images give the same maps from the loaded model
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(model(x)["maps"], result.model(x)["maps"])
+
+
+def test_wrong_family_or_backbone_checkpoint_gives_a_clear_error(sample_root, tmp_path):
+    fit(_tiny_bank(), sample_root, tmp_path / "run", **QUIET)
+    with pytest.raises(ckpt.CheckpointError, match="mode"):
+        fit(_tiny_bank(mode="feature"), sample_root, tmp_path / "run", **QUIET)
+    with pytest.raises(ckpt.CheckpointError, match="backbone"):
+        fit(_tiny_bank(backbone="resnet18"), sample_root, tmp_path / "run", **QUIET)
+    # a bank loaded into a model of another backbone: named, not a raw state_dict traceback
+    state = ckpt.load_checkpoint(tmp_path / "run" / BEST)
+    state["config"]["backbone"] = "resnet18"
+    ckpt.save_checkpoint(tmp_path / "edited.pt", state)
+    with pytest.raises(ckpt.CheckpointError, match="do not match"):
+        load_trained(tmp_path / "edited.pt")
+
+
+@pytest.mark.parametrize("backbone, channels", [("resnet18", 128 + 256), ("wide_resnet50_2", 512 + 1024), ("mobilenet_v2", 24 + 32 + 96)])
+def test_colab_backbones_give_patch_features_of_the_right_shape(backbone, channels):
+    model = build_model(Config(mode="memory_bank", backbone=backbone, image_size=64), pretrained=False).eval()
+    with torch.no_grad():
+        feats = model.patch_features(torch.rand(2, 3, 64, 64))
+    assert feats.shape == (2, channels, 8, 8)
+
+
+def test_empty_bank_says_to_fit_first():
+    model = build_model(_tiny_bank()).eval()
+    with pytest.raises(RuntimeError, match="fit the model first"):
+        model(torch.rand(1, 3, 64, 64))
+
+
+@pytest.mark.slow
+def test_memory_bank_detects_real_bottle_defects(mvtec_root, offline_torch_home, tmp_path):
+    cfg = Config.for_category("bottle", profile="cpu", mode="memory_bank", image_size=128)
+    result = fit(cfg, mvtec_root, tmp_path / "bottle", **QUIET)
+    assert (tmp_path / "bottle" / LAST).exists() and result.fit_info["patches_seen"] > result.fit_info["bank_size"]
+    ev = evaluate(tmp_path / "bottle", mvtec_root, progress=False)
+    assert ev.metrics["image_auroc"] >= 0.97, ev.metrics
+    assert ev.metrics["pixel_auroc"] >= 0.95, ev.metrics
