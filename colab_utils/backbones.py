@@ -104,6 +104,13 @@ def _download_possible(url: str, timeout: float = NETWORK_PROBE_SECONDS) -> bool
     return bool(result and result[0])
 
 
+def weights_obtainable(name: str) -> bool:
+    """True when backbone ``name``'s ImageNet weights file is cached, or its download host answers."""
+    if weights_cache_path(name).is_file():
+        return True
+    return _download_possible(torchvision.models.get_model_weights(name)[WEIGHTS_TAG].url)
+
+
 def _missing_message(name: str, reason: str) -> str:
     path = weights_cache_path(name)
     return (
@@ -111,7 +118,8 @@ def _missing_message(name: str, reason: str) -> str:
         f"Needed file: {path.name}. Put it at {path} "
         f"(that is $TORCH_HOME/hub/checkpoints/{path.name}; without TORCH_HOME the folder is "
         f"~/.cache/torch/hub/checkpoints), or connect to the internet so torchvision can download it, "
-        f"or use pretrained=False (random weights: only for smoke tests, features are then meaningless)."
+        f"or point SHARED_WEIGHTS at a folder holding it when you run `make demo`; or train with "
+        f"--mode unet (no ImageNet weights needed); pretrained=False gives random weights, for smoke tests only."
     )
 
 

@@ -128,7 +128,7 @@ class Config:
 
     # --- what to run -------------------------------------------------------
     category: str = "bottle"
-    mode: str = "feature"  # model family: "unet" pixel U-Net, "feature" feature autoencoder, "memory_bank" patch memory
+    mode: str = "memory_bank"  # model family: "memory_bank" patch memory, "feature" feature autoencoder, "unet" pixel U-Net
 
     # --- data --------------------------------------------------------------
     image_size: int = 256  # square side in pixels that every image is resized to
@@ -157,7 +157,7 @@ class Config:
     bank_neighbourhood: int = 3  # local average window of each stage's features (PatchCore's 3)
     coreset_ratio: float = 0.01  # share of training patches kept by the greedy k-center coreset (1 = all)
     coreset_projection: int = 64  # random-projection dimension the coreset distances are computed in (0 = none)
-    bank_reweight_neighbors: int = 9  # PatchCore's image-score re-weighting over this many bank neighbours; 0 = off
+    bank_reweight_neighbors: int = 0  # PatchCore's image-score re-weighting over this many bank neighbours; 0 = off (measured better)
     bank_search: str = "auto"  # nearest-neighbour search: "auto" (= torch), "torch" or "faiss" (faiss-cpu)
 
     # --- loss ----------------------------------------------------------------

@@ -162,6 +162,19 @@ class ImageSet:
             has_masks=self.has_masks,
         )
 
+    def join(self, other: ImageSet) -> ImageSet:
+        """A new ImageSet: these images followed by ``other``'s (same size and channels)."""
+        if other.images.shape[1:] != self.images.shape[1:]:
+            raise ValueError(f"cannot join images of shape {tuple(self.images.shape[1:])} and {tuple(other.images.shape[1:])}")
+        return ImageSet(
+            images=torch.cat([self.images, other.images]),
+            masks=torch.cat([self.masks, other.masks]),
+            labels=torch.cat([self.labels, other.labels]),
+            defect_types=self.defect_types + other.defect_types,
+            paths=self.paths + other.paths,
+            has_masks=self.has_masks and other.has_masks,
+        )
+
     def float_images(self, idx: Any = None) -> torch.Tensor:
         """float32 images in [0, 1]: (N, C, H, W) for ``idx=None`` or a sequence, (C, H, W) for an int."""
         return _as_float(self.images, idx, 1.0 / 255.0)

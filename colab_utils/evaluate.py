@@ -33,7 +33,8 @@ class EvalResult:
     - ``scores``: float32 (N,) image scores.
     - ``defect_types``, ``paths``: lists of length N.
     - ``metrics``: ``image_auroc``, ``pixel_auroc``, ``au_pro``, ``image_f1_max``, ``pixel_f1_max``, ``pixel_ap``
-      (floats, NaN where undefined, e.g. no defective images) and ``per_defect_image_auroc`` (dict).
+      (floats, NaN where undefined, e.g. no defective images), ``per_defect_image_auroc`` (dict) and
+      ``at_default_thresholds`` (:func:`operating_points`: false-positive rate, recall, mask F1 and IoU).
     - ``thresholds``: ``image_default`` and ``pixel_default`` (from held-out good images only),
       ``image_f1_optimal`` and ``pixel_f1_optimal`` (from the test labels, for reference).
     """
@@ -51,6 +52,7 @@ class EvalResult:
     thresholds: dict[str, float]
     config: dict[str, Any]
     checkpoint_sha256: str = ""
+    calibration_source: str = "held_out"  # "held_out" good images, or "leave_one_out" over all training images
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -87,6 +89,41 @@ def compute_metrics(
         out.update(pixel_auroc=nan, au_pro=nan, pixel_f1_max=nan, pixel_ap=nan)
         thresholds["pixel_f1_optimal"] = nan
     return out, thresholds
+
+
+def operating_points(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    masks: np.ndarray | None,
+    maps: np.ndarray,
+    image_threshold: float,
+    pixel_threshold: float,
+) -> dict[str, float]:
+    """What the default thresholds (set from good images only) do on a labelled test set, as fractions in [0, 1].
+
+    ``good_flagged_rate``: share of good images scored ``>= image_threshold`` (the false-positive rate);
+    ``defect_recall``: share of defective images flagged; ``mask_f1`` and ``mask_iou``: of the predicted mask
+    ``maps >= pixel_threshold`` against ``masks`` (N,H,W) over all pixels (NaN without masks). NaN where a class
+    is absent.
+    """
+    from . import metrics as M
+
+    nan = float("nan")
+    good, bad = labels == 0, labels != 0
+    image = M.binary_confusion(labels, scores, image_threshold)
+    out = {
+        "image_threshold": float(image_threshold),
+        "good_flagged_rate": image["fp"] / good.sum() if good.any() else nan,
+        "defect_recall": image["tp"] / bad.sum() if bad.any() else nan,
+        "pixel_threshold": float(pixel_threshold),
+        "mask_f1": nan,
+        "mask_iou": nan,
+    }
+    if masks is not None and masks.any():
+        pixel = M.binary_confusion(masks > 0, maps, pixel_threshold)
+        out["mask_f1"] = pixel["f1"]
+        out["mask_iou"] = pixel["tp"] / (pixel["tp"] + pixel["fp"] + pixel["fn"])
+    return {k: float(v) for k, v in out.items()}
 
 
 def evaluate(
@@ -148,6 +185,10 @@ def evaluate(
     metrics, thresholds = compute_metrics(labels, pred["scores"], masks if has_masks else None, pred["maps"], list(test_set.defect_types))
     metrics_s = time.perf_counter() - start
     thresholds.update(image_default=calibration["image_threshold"], pixel_default=calibration["pixel_threshold"])
+    metrics["at_default_thresholds"] = operating_points(
+        labels, pred["scores"], masks if has_masks else None, pred["maps"], thresholds["image_default"],
+        thresholds["pixel_default"],
+    )
     result = EvalResult(
         category=category,
         images=test_set.images.numpy(),
@@ -162,6 +203,7 @@ def evaluate(
         thresholds={k: float(v) for k, v in thresholds.items()},
         config=config.to_dict(),
         checkpoint_sha256=file_sha256(state["loaded_from"]),
+        calibration_source=calibration.get("source", "held_out"),
         timings={
             "inference_seconds": infer_s,
             "images_per_second": len(labels) / infer_s if infer_s > 0 else float("nan"),
@@ -205,7 +247,9 @@ def results_dict(result: EvalResult, checkpoint: str = "") -> dict[str, Any]:
         "category": result.category,
         **{k: result.metrics[k] for k in METRIC_KEYS},
         "per_defect_image_auroc": result.metrics.get("per_defect_image_auroc", {}),
+        "at_default_thresholds": result.metrics.get("at_default_thresholds", {}),
         "thresholds": result.thresholds,
+        "calibration_source": result.calibration_source,
         "n_images": len(result.labels),
         "n_defective": int(result.labels.sum()),
         "timings": result.timings,

@@ -140,8 +140,82 @@ def demo_plan(out: str | Path, profile: str = "auto") -> dict[str, Any]:
     return {"data_root": data_root, "categories": categories, "profile": profile, "out": out}
 
 
-def run_demo(out: str | Path = "outputs", profile: str = "auto", log: Any = print) -> int:
-    """Execute the four notebooks into ``out/notebooks`` (executed .ipynb + .html); returns 0 on success."""
+#: The mode the demo falls back to when the default mode's ImageNet weights cannot be had (it needs none).
+OFFLINE_MODE = "unet"
+
+
+def demo_mode(mode: str | None = None, log: Any = print, obtainable: Any = None) -> str:
+    """The model family the demo trains: ``mode`` (default: ``Config``'s), or :data:`OFFLINE_MODE` when that
+    one needs ImageNet weights that are neither on disk nor downloadable (said in two plain lines)."""
+    from .backbones import weights_cache_path, weights_file_name, weights_obtainable
+    from .config import Config
+    from .models import get_family
+
+    cfg = Config(mode=mode) if mode else Config()
+    obtainable = obtainable or weights_obtainable
+    if not get_family(cfg).needs_weights(cfg) or obtainable(cfg.backbone):
+        return cfg.mode
+    log(
+        f"The ImageNet weights that mode {cfg.mode!r} needs ({weights_file_name(cfg.backbone)}) are not at "
+        f"{weights_cache_path(cfg.backbone).parent} and cannot be downloaded (no network)."
+    )
+    log(
+        f"The demo trains mode {OFFLINE_MODE!r} instead, which needs none. To use {cfg.mode!r}, put the file there "
+        "or run `make demo SHARED_WEIGHTS=/folder/with/the/file` (README: 'ImageNet weights')."
+    )
+    return OFFLINE_MODE
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook cell raised; the message is short (notebook, cell, exception) and names the full log."""
+
+
+def failed_cell(nb: Any) -> tuple[int, str, str]:
+    """(code-cell number counted from 1, exception name, message) of the first cell with an error output."""
+    number = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        number += 1
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return number, output.get("ename", "Error"), output.get("evalue", "")
+    return 0, "Error", ""
+
+
+def _strip_ansi(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def run_notebook(path: Path, params: dict[str, Any], out: Path) -> None:
+    """Execute one notebook into ``out/notebooks`` (.ipynb + .html); a failing cell raises :class:`NotebookFailed`
+    with a few lines, and the full traceback goes to ``out/notebooks/<name>.error.log``."""
+    from nbclient.exceptions import CellExecutionError
+
+    executed = out / "notebooks" / f"{path.stem}.ipynb"
+    try:
+        execute_notebook(path, params, executed, html=True, cwd=out)
+    except CellExecutionError as exc:
+        import nbformat
+
+        log_path = executed.with_suffix(".error.log")
+        log_path.write_text(_strip_ansi(str(exc)), encoding="utf-8")
+        number, ename, evalue = failed_cell(nbformat.read(str(executed), as_version=4))
+        message = _strip_ansi(evalue).strip().splitlines()
+        raise NotebookFailed(
+            f"notebook {path.name} failed in code cell {number}: {ename}: {message[0] if message else ''}"
+            + ("".join(f"\n  {line}" for line in message[1:4]))
+            + f"\nfull traceback: {log_path}\nexecuted notebook: {executed.with_suffix('.html')}"
+        ) from None
+
+
+def run_demo(out: str | Path = "outputs", profile: str = "auto", log: Any = print, mode: str | None = None) -> int:
+    """Execute the four notebooks into ``out/notebooks`` (executed .ipynb + .html); returns 0 on success.
+
+    A failing notebook is reported in a few lines (:class:`NotebookFailed`'s message) and returns 1.
+    """
     plan = demo_plan(out, profile)
     out = plan["out"]
     params = {
@@ -150,14 +224,20 @@ def run_demo(out: str | Path = "outputs", profile: str = "auto", log: Any = prin
         "RUNS_DIR": str(out / "runs"),
         "OUTPUTS_DIR": str(out),
         "PROFILE": plan["profile"],
+        "MODE": demo_mode(mode, log),
     }
     if plan["profile"] == "cpu":
         log("No GPU found: using the reduced 'cpu' profile (fewer epochs, smaller U-Net); expect lower figures.")
-    log(f"demo: {plan['categories']} from {plan['data_root']} with profile {plan['profile']!r} -> {out}")
+    log(f"demo: {plan['categories']} from {plan['data_root']} in mode {params['MODE']!r} with profile "
+        f"{plan['profile']!r} -> {out}")  # fmt: skip
     for name in NOTEBOOKS:
         start = time.monotonic()
         path = NOTEBOOK_DIR / f"{name}.ipynb"
-        execute_notebook(path, params_for(path, params), out / "notebooks" / f"{name}.ipynb", html=True, cwd=out)
+        try:
+            run_notebook(path, params_for(path, params), out)
+        except NotebookFailed as exc:
+            log(f"demo failed: {exc}")
+            return 1
         log(f"  {name}: {time.monotonic() - start:.0f} s -> {out / 'notebooks' / (name + '.html')}")
     summary = out / "runs" / "summary.md"
     if summary.exists():

@@ -67,14 +67,16 @@ def gaussian_smooth(maps: Tensor, sigma: float) -> Tensor:
 
 
 @torch.no_grad()
-def anomaly_maps(model: nn.Module, images: Tensor, config: Config) -> MapOutput:
+def anomaly_maps(model: nn.Module, images: Tensor, config: Config, exclude: Tensor | None = None) -> MapOutput:
     """Smoothed, un-normalised anomaly maps for a batch.
 
     images: (B,C,H,W) float in [0,1] on the model's device. Returns a :class:`~colab_utils.models.base.MapOutput`:
     ``maps`` (B,1,H,W) float32, ``recon`` (B,C,H,W) in [0,1] or ``None`` (families without a pixel
-    reconstruction), ``scores`` (B,) the family's own image scores or ``None``.
+    reconstruction), ``scores`` (B,) the family's own image scores or ``None``. ``exclude`` (B,): training-image
+    indices left out of the model (only for families with ``cross_fits``).
     """
-    out = get_family(config).raw_maps(model, images, config)
+    family = get_family(config)
+    out = family.raw_maps(model, images, config) if exclude is None else family.raw_maps(model, images, config, exclude)
     sigma = config.smooth_sigma * images.shape[-1] / 256.0
     recon = out.recon.float().clamp(0, 1) if out.recon is not None else None
     return MapOutput(maps=gaussian_smooth(out.maps.float(), sigma), recon=recon, scores=out.scores)
@@ -149,8 +151,12 @@ def predict(
     progress: bool = False,
     desc: str = "inference",
     position: PositionStats | None = None,
+    leave_one_out: bool = False,
 ) -> dict[str, Any]:
     """Run the model over cached images in batches.
+
+    ``leave_one_out``: ``images_uint8`` are the training images of a ``cross_fits`` family, in the order it was
+    fitted on, and each is scored without its own contribution to the model.
 
     images_uint8: (N,C,H,W) uint8. Returns a dict of numpy arrays:
     ``maps`` float32 (N,H,W) (normalised when ``normalizer`` is given),
@@ -165,7 +171,8 @@ def predict(
     starts = range(0, len(images_uint8), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         batch = to_float(images_uint8[start : start + batch_size], device)
-        out = anomaly_maps(model, batch, config)
+        exclude = torch.arange(start, start + len(batch)) if leave_one_out else None
+        out = anomaly_maps(model, batch, config, exclude)
         raw, recon = out.maps, out.recon
         maps = normalizer(raw) if normalizer is not None else raw
         if out.scores is not None:
@@ -192,10 +199,12 @@ def calibrate(
     device: torch.device | str,
     batch_size: int = 16,
     train_images_uint8: Tensor | None = None,
+    leave_one_out: bool = False,
 ) -> dict[str, Any]:
     """Normalisation and default thresholds from good images only.
 
-    ``good_images_uint8`` are held-out good images (never trained on);
+    ``good_images_uint8`` are held-out good images (never trained on), or, with ``leave_one_out`` (families
+    with ``cross_fits``), the training images themselves, each scored without its own contribution;
     ``train_images_uint8`` the good training images, used only for the
     per-position statistics of the image score (``image_score_norm="position"``).
     Returns ``{"normalizer": {...}, "position": {"mean", "std"} | None,
@@ -203,7 +212,8 @@ def calibrate(
     the ``threshold_percentile`` percentile of the held-out images' scores, and
     of their normalised map maxima.
     """
-    raw = predict(model, good_images_uint8, config, device, None, batch_size, keep_recons=False)
+    raw = predict(model, good_images_uint8, config, device, None, batch_size, keep_recons=False,
+                  leave_one_out=leave_one_out)  # fmt: skip
     normalizer = MapNormalizer.fit(raw["maps"]) if config.normalize_maps else MapNormalizer()
     raw_maps = torch.from_numpy(raw["maps"])[:, None]
     position = None
@@ -222,4 +232,5 @@ def calibrate(
         "image_threshold": float(np.percentile(scores, config.threshold_percentile)),
         "pixel_threshold": float(np.percentile(maxima, config.threshold_percentile)),
         "good_scores": [float(x) for x in scores],
+        "source": "leave_one_out" if leave_one_out else "held_out",
     }

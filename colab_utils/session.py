@@ -240,20 +240,22 @@ def train(cfg: Config, paths: Folders, device: torch.device | str, progress: boo
 
 
 def holdout_preview(result: Any, data_root: str | Path, n: int = 4) -> dict[str, Any]:
-    """Scores of ``n`` held-out good training images: images, reconstructions (U-Net) and maps.
+    """Scores of ``n`` good training images the model did not see: images, reconstructions (U-Net) and maps.
 
-    Returns ``{"images": uint8 (n,C,H,W), "recons": uint8 (n,C,H,W) | None,
+    Held-out images, or for a family that ``cross_fits`` (the memory bank) the first training images, each
+    scored without its own contribution. Returns ``{"images": uint8 (n,C,H,W), "recons": uint8 (n,C,H,W) | None,
     "maps": float32 (n,H,W), "threshold": float}``; maps are normalised with the
     run's calibration, so values above ``threshold`` would be flagged.
     """
     from .scoring import MapNormalizer, predict
     from .train import load_data
 
-    _, val_set = load_data(result.config, data_root)
+    train_set, val_set = load_data(result.config, data_root)
+    leave_one_out = get_family(result.config).cross_fits
     device = next(result.model.parameters()).device
-    images = val_set.images[:n]
+    images = (train_set if leave_one_out else val_set).images[:n]
     normalizer = MapNormalizer.from_dict(result.calibration.get("normalizer"))
-    pred = predict(result.model, images, result.config, device, normalizer)
+    pred = predict(result.model, images, result.config, device, normalizer, leave_one_out=leave_one_out)
     return {
         "images": images.numpy(),
         "recons": pred["recons"],

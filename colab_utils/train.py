@@ -137,16 +137,19 @@ def _fit(config, data_root, run_dir, device, progress, train_set, val_set, resum
     elif val_set is None:
         tr, va = split_train_val(len(train_set), config.val_fraction, config.seed)
         train_set, val_set = train_set.subset(tr), train_set.subset(va)
+    family = get_family(config)
+    if family.cross_fits:  # fitted on every good image, and calibrated on each of them left out in turn
+        train_set = val_set = train_set.join(val_set)
     if len(val_set) < MIN_CALIBRATION_IMAGES:
         log(
-            f"warning: {config.category}: only {len(val_set)} held-out good images calibrate the default thresholds "
+            f"warning: {config.category}: only {len(val_set)} good images calibrate the default thresholds "
             f"(at least {MIN_CALIBRATION_IMAGES} are needed for a {config.threshold_percentile:g}th percentile to "
-            f"be meaningful); add good images or raise val_fraction (now {config.val_fraction})"
+            "be meaningful); add good images"
+            + ("" if family.cross_fits else f" or raise val_fraction (now {config.val_fraction})")
         )
     run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)
-    family = get_family(config)
     model = build_model(config).to(device)
     if not family.trains_by_gradient:
         return _fit_direct(family, model, config, run_dir, device, train_set, val_set, progress, log, started, resume)
@@ -393,7 +396,8 @@ def _calibrated(model, config, device, best_path, train_set, val_set, batch_size
     calibration = best.get("calibration") or {}
     stale = best.get("calibrated_epoch") != best["epoch"] or best.get("calibrated_config") != config.to_dict()
     if not calibration or stale or not best_path.exists() or best.get("rebuilt"):
-        calibration = calibrate(model, val_set.images, config, device, batch_size, train_images_uint8=train_set.images)
+        calibration = calibrate(model, val_set.images, config, device, batch_size, train_images_uint8=train_set.images,
+                                leave_one_out=get_family(config).cross_fits)  # fmt: skip
         best["calibration"] = calibration
         best["calibrated_epoch"] = best["epoch"]
         best["calibrated_config"] = config.to_dict()

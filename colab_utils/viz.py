@@ -1340,3 +1340,40 @@ class LiveHistory:
         plt.close(fig)
         self.n_updates += 1
         self.last_epoch = epoch
+
+
+def plot_fit(result: Any, title: str | None = None, save_path: str | Path | None = None):
+    """What fitting did, as a plain figure (it survives static HTML): the loss curves of a family that trains
+    by gradient (:func:`plot_history`), or, for one fitted directly (the memory bank), the seconds each stage
+    took, with patches seen, bank size and feature dimension in the title. ``result``: a ``TrainResult``."""
+    if result.history.get("epoch"):
+        return plot_history(result.history, title=title, save_path=save_path)
+    info = dict(result.fit_info or {})
+    fig, ax = _new_axes(figsize=(6.0, 2.6))
+    stages = {k.replace("_seconds", ""): float(v) for k, v in info.items() if k.endswith("_seconds") and k != "fit_seconds"}
+    ax.barh(list(stages), list(stages.values()), color="#4477aa")
+    for y, v in enumerate(stages.values()):
+        ax.text(v, y, f" {v:.1f} s", va="center")
+    ax.set_xlabel("seconds")
+    ax.set_xlim(0, max(stages.values(), default=1.0) * 1.25 or 1.0)
+    ax.set_title(
+        f"{title + ': ' if title else ''}bank of {info.get('bank_size', 0):,} patches from "
+        f"{info.get('patches_seen', 0):,} ({info.get('images', 0)} images, {info.get('feature_dim', 0)} dims, "
+        f"{info.get('bank_megabytes', 0.0):.1f} MB)",
+        fontsize=9,
+    )
+    return _finish(fig, save_path)
+
+
+def live_history(config: Any, title: str | None = None) -> LiveHistory | None:
+    """A displayed :class:`LiveHistory` for a family that trains by gradient; ``None`` (nothing shown) for one
+    fitted in a single step, which has no epochs to draw."""
+    from IPython.display import display
+
+    from .models import get_family
+
+    if not get_family(config).trains_by_gradient:
+        return None
+    live = LiveHistory(title=title)
+    display(live.widget)
+    return live

@@ -141,3 +141,20 @@ def test_user_folder_without_masks_end_to_end(sample_root, tmp_path):
     assert np.isnan(result.metrics["pixel_auroc"]) and np.isnan(result.metrics["au_pro"])  # no masks: not computed
     data = load_results(tmp_path / "runs" / "my_parts")
     assert data["pixel_auroc"] is None and data["category"] == "my_parts"
+
+
+def test_operating_points_on_a_hand_worked_case():
+    from colab_utils.evaluate import operating_points
+
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    scores = np.array([0.1, 0.2, 0.9, 0.3, 0.8, 0.4])
+    masks = np.zeros((6, 2, 2), np.uint8)
+    masks[4, 0, :] = 1  # two defect pixels
+    maps = np.zeros((6, 2, 2), np.float32)
+    maps[4, 0, 0] = maps[4, 1, 1] = 5.0  # one hit, one false alarm, one miss
+    out = operating_points(labels, scores, masks, maps, image_threshold=0.5, pixel_threshold=1.0)
+    assert out["good_flagged_rate"] == 0.25  # 0.9 of four good images
+    assert out["defect_recall"] == 0.5  # 0.8 flagged, 0.4 missed
+    assert out["mask_f1"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1)) and out["mask_iou"] == pytest.approx(1 / 3)
+    no_masks = operating_points(labels, scores, None, maps, 0.5, 1.0)
+    assert np.isnan(no_masks["mask_f1"]) and np.isnan(no_masks["mask_iou"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -62,6 +63,8 @@ def test_torch_search_matches_brute_force_and_faiss_when_installed():
     ref = torch.cdist(queries, bank)
     assert torch.equal(idx, ref.argmin(1))
     assert torch.allclose(dist, ref.min(1).values, atol=1e-4)
+    if os.environ.get("CI"):
+        assert faiss_available(), "faiss-cpu is in requirements-dev.txt: install it (pip install faiss-cpu)"
     if faiss_available():
         import faiss
 
@@ -69,6 +72,40 @@ def test_torch_search_matches_brute_force_and_faiss_when_installed():
         index.add(bank.numpy())
         fd, fi = nearest_faiss(queries, index)
         assert torch.equal(fi, idx) and torch.allclose(fd, dist, atol=1e-3)
+
+
+def test_leave_one_out_search_skips_the_query_images_own_entries():
+    bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
+    bank_source = torch.tensor([0, 1, 1], dtype=torch.int32)
+    queries = torch.tensor([[0.1, 0.0], [0.9, 0.0], [0.9, 0.0]])
+    dist, idx = nearest_torch(queries, bank, query_source=torch.tensor([0, 1, 2]), bank_source=bank_source)
+    # query 0 (image 0) may not use entry 0 -> entry 1 at 0.9; query 1 (image 1) only has entry 0 -> 0.9;
+    # query 2 (an image with no entries) sees them all -> entry 1 at 0.1
+    assert idx.tolist() == [1, 0, 1]
+    assert torch.allclose(dist, torch.tensor([0.9, 0.9, 0.1]))
+
+
+def test_bank_is_fitted_on_every_good_image_and_calibrated_leave_one_out(sample_root, tmp_path):
+    from colab_utils.data import load_split
+    from colab_utils.scoring import predict
+
+    cfg = _tiny_bank()
+    result = fit(cfg, sample_root, tmp_path / "run", **QUIET)
+    n_train = len(load_split(sample_root, "sample", "train", 64, 3))
+    assert result.fit_info["images"] == n_train  # nothing held out
+    cal = result.calibration
+    assert cal["source"] == "leave_one_out" and len(cal["good_scores"]) == n_train
+    model = result.model
+    assert model.bank_source.shape == (model.bank.shape[0],) and int(model.bank_source.max()) < n_train
+    # a training image scored with its own entries sits closer to the bank than without them
+    from colab_utils.train import load_data
+
+    train, held = load_data(cfg, sample_root)
+    images = train.join(held).images[:6]  # the order the bank was fitted in
+    seen = predict(model, images, cfg, "cpu", keep_recons=False)["scores"]
+    unseen = predict(model, images, cfg, "cpu", keep_recons=False, leave_one_out=True)["scores"]
+    assert (unseen >= seen - 1e-6).all() and (unseen > seen).any()
+    assert unseen.tolist() == pytest.approx(cal["good_scores"][:6], rel=1e-5)
 
 
 def _tiny_bank(**kw) -> Config:

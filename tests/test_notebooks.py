@@ -142,3 +142,42 @@ def test_params_for_keeps_only_declared_names():
     assert set(params_for(NOTEBOOK_DIR / "01_data_exploration.ipynb", params)) == {"CATEGORIES", "DATA_ROOT"}
     assert set(params_for(NOTEBOOK_DIR / "02_training.ipynb", params)) == set(params)
     assert "PROFILE" not in params_for(NOTEBOOK_DIR / "03_evaluation.ipynb", params)
+
+
+def test_demo_without_weights_falls_back_to_unet_in_two_lines(tmp_path, monkeypatch):
+    """No weights file and no network: the demo says so plainly, trains the U-Net and still succeeds."""
+    from colab_utils import backbones
+    from colab_utils.runner import run_demo
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # the weights file is deliberately absent
+    monkeypatch.setattr(backbones, "_download_possible", lambda url, timeout=0: False)  # and there is no network
+    monkeypatch.setenv("SMOKE", "1")
+    monkeypatch.delenv("MVTEC_ROOT", raising=False)
+    lines: list[str] = []
+    assert run_demo(tmp_path / "out", profile="smoke", log=lines.append, mode="memory_bank") == 0
+    text = "\n".join(lines)
+    assert "mobilenet_v2-b0353104.pth" in text and "cannot be downloaded" in text and "SHARED_WEIGHTS" in text
+    assert "Traceback" not in text
+    config = json.loads((tmp_path / "out" / "runs" / "sample" / "config.json").read_text())
+    assert config["mode"] == "unet"
+    assert (tmp_path / "out" / "notebooks" / "04_heatmap_gallery.html").exists()
+
+
+def test_a_failing_notebook_is_reported_in_a_few_lines(tmp_path):
+    from colab_utils.runner import NotebookFailed, run_notebook
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("X = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_markdown_cell("## Fail"),
+        nbformat.v4.new_code_cell("raise ValueError('the data folder is empty; run make-sample')"),
+    ]
+    path = tmp_path / "broken.ipynb"
+    nbformat.write(nb, str(path))
+    with pytest.raises(NotebookFailed) as info:
+        run_notebook(path, {}, tmp_path / "out")
+    message = str(info.value)
+    assert message.startswith("notebook broken.ipynb failed in code cell 2: ValueError: the data folder is empty")
+    assert len(message.splitlines()) <= 6 and "\x1b[" not in message
+    log = tmp_path / "out" / "notebooks" / "broken.error.log"
+    assert str(log) in message and "ValueError" in log.read_text()

@@ -9,7 +9,14 @@ A family is a small object (one per module under ``colab_utils/models/``) that k
   directly (``trains_by_gradient = False``: :meth:`Family.fit`, e.g. the memory bank);
 - ``raw_maps(model, images, config) -> MapOutput``: images (B, C, H, W) float in [0, 1] -> raw (unsmoothed,
   un-normalised) anomaly maps (B, 1, H, W), the full-size reconstruction (B, C, H, W) in [0, 1] or ``None``,
-  and optionally the family's own image scores (B,).
+  and optionally the family's own image scores (B,). A family with ``cross_fits = True`` also takes
+  ``exclude`` (B,) int64: the index, in the fit's training set, of each image, whose own contribution to the
+  model is left out (leave-one-image-out scores for calibration).
+
+Calibration: by default the shared code holds out ``val_fraction`` of the good images and calibrates on them. A
+family with ``cross_fits = True`` is fitted on every good training image instead and calibrated on all of them,
+each scored by ``raw_maps(..., exclude=...)`` without its own contribution (the memory bank: without the
+bank entries it contributed), which gives many more calibration scores than a small held-out split.
 
 Scoring, calibration, evaluation, results.json, the gallery, the command line and the notebooks only ever
 talk to this interface.
@@ -42,6 +49,7 @@ class Family:
     has_reconstruction: bool = False  # raw_maps returns a pixel reconstruction (shown by the gallery)
     default_score_norm: str = "position"  # what ``image_score_norm="auto"`` means for this family
     has_image_score: bool = False  # raw_maps returns the family's own image scores (then they are the scores)
+    cross_fits: bool = False  # fit on all good images; calibrate on each without its own contribution (exclude=)
 
     def build(self, config, pretrained: bool | None = None) -> nn.Module:
         raise NotImplementedError
@@ -76,7 +84,7 @@ class Family:
         raise NotImplementedError
 
     # ---- inference ----------------------------------------------------------------
-    def raw_maps(self, model: nn.Module, images: Tensor, config) -> MapOutput:
+    def raw_maps(self, model: nn.Module, images: Tensor, config, exclude: Tensor | None = None) -> MapOutput:
         raise NotImplementedError
 
 

@@ -87,14 +87,27 @@ def greedy_coreset(
     return chosen
 
 
-def nearest_torch(queries: Tensor, bank: Tensor, bank_sq: Tensor | None = None, chunk: int = 4096) -> tuple[Tensor, Tensor]:
-    """Exact nearest bank entry of each query. queries (Q, D), bank (M, D) -> (L2 distance (Q,), index (Q,))."""
+def nearest_torch(
+    queries: Tensor,
+    bank: Tensor,
+    bank_sq: Tensor | None = None,
+    chunk: int = 4096,
+    query_source: Tensor | None = None,
+    bank_source: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Exact nearest bank entry of each query. queries (Q, D), bank (M, D) -> (L2 distance (Q,), index (Q,)).
+
+    With ``query_source`` (Q,) and ``bank_source`` (M,) (int image ids), a query never matches a bank entry of
+    its own image (leave-one-image-out); a query with no other entry left gets distance inf.
+    """
     bank = bank.float()
     bank_sq = _sq_norms(bank) if bank_sq is None else bank_sq
     dists, idxs = [], []
     for s in range(0, queries.shape[0], chunk):
         q = queries[s : s + chunk].float()
         d = torch.addmm(bank_sq[None, :], q, bank.T, alpha=-2.0)  # (q, M) = |b|^2 - 2 q.b
+        if query_source is not None:
+            d.masked_fill_(query_source[s : s + chunk, None] == bank_source[None, :], math.inf)
         val, idx = d.min(1)
         dists.append((val + _sq_norms(q)).clamp_min_(0).sqrt_())
         idxs.append(idx)
@@ -128,7 +141,7 @@ class MemoryBankModel(nn.Module):
     :meth:`load_state_dict` accepts a bank of any size M.
     """
 
-    def __init__(self, extractor: FeatureExtractor, reweight_neighbors: int = 9, search: str = "auto") -> None:
+    def __init__(self, extractor: FeatureExtractor, reweight_neighbors: int = 0, search: str = "auto") -> None:
         super().__init__()
         if search not in SEARCH_BACKENDS:
             raise ValueError(f"bank_search={search!r}: choose from {SEARCH_BACKENDS}")
@@ -136,21 +149,27 @@ class MemoryBankModel(nn.Module):
         self.reweight_neighbors = int(reweight_neighbors)
         self.search = search
         self.register_buffer("bank", torch.zeros(0, extractor.out_channels, dtype=torch.float16))
+        self.register_buffer("bank_source", torch.zeros(0, dtype=torch.int32))  # training image of each entry
         self._cache: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ bank
-    def set_bank(self, bank: Tensor) -> None:
-        """Install a bank (M, D) (stored as float16)."""
+    def set_bank(self, bank: Tensor, source: Tensor | None = None) -> None:
+        """Install a bank (M, D) (stored as float16) and the training-image index (M,) each entry came from."""
         if bank.ndim != 2 or bank.shape[1] != self.extractor.out_channels:
             raise ValueError(f"bank must be (M, {self.extractor.out_channels}), got {tuple(bank.shape)}")
+        if source is None:
+            source = torch.full((bank.shape[0],), -1, dtype=torch.int32)
+        if source.shape != (bank.shape[0],):
+            raise ValueError(f"bank source must be ({bank.shape[0]},), got {tuple(source.shape)}")
         self.bank = bank.detach().to(self.bank.device, torch.float16).contiguous()
+        self.bank_source = source.detach().to(self.bank.device, torch.int32)
         self._cache.clear()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 - torch's signature
-        key = prefix + "bank"
-        if key in state_dict:  # the bank's size is only known from the checkpoint
-            self.bank = torch.zeros_like(state_dict[key], device=self.bank.device)
-            self._cache.clear()
+        for name in ("bank", "bank_source"):  # their size is only known from the checkpoint
+            if prefix + name in state_dict:
+                setattr(self, name, torch.zeros_like(state_dict[prefix + name], device=self.bank.device))
+        self._cache.clear()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _bank32(self) -> tuple[Tensor, Tensor]:
@@ -170,25 +189,34 @@ class MemoryBankModel(nn.Module):
             self._cache["faiss"], self._cache["faiss_key"] = index, self._bank32()[0].data_ptr()
         return self._cache["faiss"]
 
-    def nearest(self, queries: Tensor) -> tuple[Tensor, Tensor]:
-        """(Q, D) -> (distance to the nearest bank entry (Q,), its index (Q,))."""
+    def nearest(self, queries: Tensor, query_source: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(Q, D) -> (distance to the nearest bank entry (Q,), its index (Q,)).
+
+        ``query_source`` (Q,): the training image each query comes from; its own entries are then skipped.
+        """
         if self.bank.shape[0] == 0:
             raise RuntimeError("the memory bank is empty: fit the model first (python -m colab_utils train)")
-        if self.search == "faiss" and queries.device.type == "cpu":
+        if query_source is None and self.search == "faiss" and queries.device.type == "cpu":
             return nearest_faiss(queries, self._faiss_index())
         bank, sq = self._bank32()
-        return nearest_torch(queries, bank, sq)
+        if query_source is None:
+            return nearest_torch(queries, bank, sq)
+        return nearest_torch(queries, bank, sq, query_source=query_source.to(bank.device),
+                             bank_source=self.bank_source.to(bank.device))  # fmt: skip
 
     # --------------------------------------------------------------- forward
     def patch_features(self, images: Tensor) -> Tensor:
         """(B, C, H, W) in [0, 1] -> (B, D, H // stride, W // stride) locally aware patch features."""
         return self.extractor(images)
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
+    def forward(self, images: Tensor, exclude: Tensor | None = None) -> dict[str, Tensor]:
+        """``exclude`` (B,) int: the training-image index of each image, whose own bank entries are skipped
+        (leave-one-image-out scores of the training images, for calibration)."""
         feats = self.patch_features(images)
         b, d, h, w = feats.shape
         flat = feats.permute(0, 2, 3, 1).reshape(-1, d)
-        dist, idx = self.nearest(flat)
+        source = None if exclude is None else exclude.to(flat.device).repeat_interleave(h * w)
+        dist, idx = self.nearest(flat, source)
         dist, idx = dist.view(b, h * w), idx.view(b, h * w)
         top, where = dist.max(1)
         scores = top
@@ -229,6 +257,7 @@ class MemoryBankFamily(Family):
     needs_backbone = True
     has_reconstruction = False
     has_image_score = True
+    cross_fits = True  # the bank holds every good training image; calibration scores each one without its own patches
     default_score_norm = "global"  # a bank searched wherever the patch sits: per-position statistics only hurt
 
     def build(self, config, pretrained: bool | None = None) -> nn.Module:
@@ -252,7 +281,8 @@ class MemoryBankFamily(Family):
         else:
             log(f"{config.category}: coreset of {n_select:,} from {patches.shape[0]:,} patches")
             chosen = greedy_coreset(patches, n_select, config.coreset_projection, config.seed, progress)
-        model.set_bank(patches[chosen.to(patches.device)])
+        per_image = patches.shape[0] // len(train_set)
+        model.set_bank(patches[chosen.to(patches.device)], (chosen // per_image).to(torch.int32))
         t2 = time.perf_counter()
         return {
             "images": len(train_set),
@@ -265,8 +295,8 @@ class MemoryBankFamily(Family):
             "fit_seconds": t2 - t0,
         }
 
-    def raw_maps(self, model, images: Tensor, config) -> MapOutput:
-        out = model(images)
+    def raw_maps(self, model, images: Tensor, config, exclude: Tensor | None = None) -> MapOutput:
+        out = model(images, exclude=exclude)
         maps = F.interpolate(out["maps"], size=images.shape[-2:], mode="bilinear", align_corners=False)
         return MapOutput(maps=maps, recon=None, scores=out["scores"])
 
