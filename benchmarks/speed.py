@@ -2,7 +2,10 @@
 
     python benchmarks/speed.py [--data-root $MVTEC_ROOT] [--device cpu|cuda] [--threads N]
 
-Measures, for both modes at 256 px with the default config: inference latency at
+``--memory-bank screw`` instead fits the memory bank on that real category and prints its fit time (features,
+coreset, calibration), peak memory, and batched inference throughput with torch and faiss search.
+
+Measures, for every mode at 256 px with the default config: inference latency at
 batch 1 and throughput at batch 16; training throughput (images/s) of the
 default U-Net at 128 and 256 px and of the feature autoencoder; the time of one
 U-Net epoch on bottle (with --data-root); and the full metric suite on a
@@ -52,6 +55,8 @@ def timed(fn, device, repeat: int) -> float:
 
 def inference(cfg: Config, device: torch.device, repeat: int) -> dict:
     model = build_model(cfg, pretrained=False).to(device).eval()
+    if hasattr(model, "set_bank"):  # a bank of the size screw's 1 % coreset has (random entries: speed only)
+        model.set_bank(torch.randn(3277, model.extractor.out_channels))
     one = torch.rand(1, cfg.channels, cfg.image_size, cfg.image_size, device=device)
     batch = torch.rand(16, cfg.channels, cfg.image_size, cfg.image_size, device=device)
     latency = timed(lambda: anomaly_maps(model, one, cfg), device, repeat)
@@ -113,18 +118,57 @@ def metric_suite_seconds() -> float:
     return time.perf_counter() - start
 
 
+def memory_bank_rows(data_root: str, category: str, device: torch.device) -> list[tuple[str, str]]:
+    """Fit the memory bank on a real category (features, coreset, leave-one-out calibration), then time batched
+    inference with each search backend on the fitted bank, features included."""
+    import tempfile
+
+    from colab_utils.data import load_split
+    from colab_utils.models.memory_bank import faiss_available
+    from colab_utils.train import fit
+
+    cfg = Config.for_category(category, mode="memory_bank")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = fit(cfg, data_root, tmp, device, progress=False, log=lambda _m: None)
+        total = time.perf_counter() - start
+    info = result.fit_info
+    rows.append((f"memory bank fit on {category} ({info['images']} images, {info['patches_seen']:,} patches -> "
+                 f"{info['bank_size']:,}), features / coreset / all incl. calibration",
+                 f"{info['feature_seconds']:.1f} / {info['coreset_seconds']:.1f} / {total:.1f} s"))  # fmt: skip
+    rows.append(("peak memory after the memory bank fit", f"{peak_mb(device):.0f} MB"))
+    test = load_split(data_root, category, "test", cfg.image_size, cfg.channels)
+    batch = test.images[:16].to(device).float().div_(255.0)
+    model = result.model
+    for search in ("torch", "faiss"):
+        if search == "faiss" and (not faiss_available() or device.type != "cpu"):
+            continue
+        model.search = search
+        per_batch = timed(lambda: anomaly_maps(model, batch, cfg), device, 3)
+        rows.append((f"inference memory_bank 256 px, batch 16, {search} search", f"{16 / per_batch:.1f} images/s"))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default=os.environ.get("MVTEC_ROOT"))
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeat", type=int, default=8)
+    p.add_argument("--memory-bank", metavar="CATEGORY", default=None,
+                   help="only fit the memory bank on CATEGORY (needs --data-root) and time it (own peak memory)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = get_device(args.device)
     rows = []
-    for mode in ("feature", "unet"):
+    if args.memory_bank:
+        if not args.data_root:
+            p.error("--memory-bank needs --data-root (or MVTEC_ROOT)")
+        rows = memory_bank_rows(args.data_root, args.memory_bank, device)
+        return _print(rows, device)
+    for mode in ("memory_bank", "feature", "unet"):
         cfg = Config(mode=mode)
         r = inference(cfg, device, args.repeat)
         rows.append((f"inference {mode} 256 px, batch 1", f"{r['latency_ms']:.0f} ms/image"))
@@ -143,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"one U-Net epoch on bottle ({len(train_set)} images, 256 px)", f"{len(train_set) / rate:.0f} s"))
     rows.append(("metric suite, 150 maps of 256x256 (~10 M pixels)", f"{metric_suite_seconds():.2f} s"))
     rows.append(("peak memory", f"{peak_mb(device):.0f} MB"))
+    return _print(rows, device)
 
+
+def _print(rows: list[tuple[str, str]], device: torch.device) -> int:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n### Speed on {where} (torch {torch.__version__})\n")
     print("| measurement | figure |\n|---|---|")
