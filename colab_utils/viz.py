@@ -520,21 +520,42 @@ def plot_pro(results, fpr_limit: float = 0.3, ax=None, save_path: str | Path | N
     return _finish(fig, save_path)
 
 
+def score_axis_limit(scores: np.ndarray, keep: Sequence[float] = ()) -> float:
+    """Upper end of a score histogram's axis that keeps the bulk readable: the largest score, unless a few
+    far-out scores would squash the rest into the first bins; then the 97.5th percentile plus a quarter of the
+    range below it (never below any value in ``keep``, e.g. the thresholds). scores: 1-D finite reals."""
+    if scores.size == 0:
+        return 1.0
+    lo, top, q = float(scores.min()), float(scores.max()), float(np.percentile(scores, 97.5))
+    hi = q + 0.25 * (q - lo)
+    hi = max([hi, *keep])
+    return top if top <= hi else hi
+
+
 def plot_score_histogram(result: EvalResult, bins: int = 30, ax=None, save_path: str | Path | None = None):
     """Histograms of image scores, good vs defective, with the default and the F1-optimal image thresholds.
 
     The default threshold (``thresholds["image_default"]``) was set from held-out good images only and is the
     one used for verdicts; the F1-optimal one (``thresholds["image_f1_optimal"]``) was fitted on the test labels
     and is shown for reference only.
+    A long tail (a few scores far above the rest) is clipped into the last bin, with a note saying how many
+    (:func:`score_axis_limit`), so good and defective scores stay apart on the axis.
     Returns:
         The Figure (one axes; two histograms; one vertical line per finite threshold).
     """
     fig, ax = _new_axes(ax, figsize=(6.5, 4.0))
     scores, labels = _np(result.scores).astype(np.float64), _np(result.labels)
-    edges = np.histogram_bin_edges(scores[np.isfinite(scores)], bins=bins)
+    finite = scores[np.isfinite(scores)]
+    lines = [float(result.thresholds.get(k, np.nan)) for k in ("image_default", "image_f1_optimal")]
+    hi = score_axis_limit(finite, [v for v in lines if np.isfinite(v)])
+    clipped = int((finite > hi).sum())
+    edges = np.histogram_bin_edges(np.clip(finite, None, hi), bins=bins)
     for lab, name, colour in ((0, "good", "tab:green"), (1, "defective", "tab:red")):
-        s = scores[labels == lab]
+        s = np.clip(scores[labels == lab], None, hi)  # the tail lands in the last bin, marked below
         ax.hist(s, bins=edges, alpha=0.55, color=colour, label=f"{name} ({len(s)})")
+    if clipped:
+        ax.annotate(f"{clipped} above {hi:.3g}\n(in the last bin)", xy=(hi, 0), xytext=(-4, 40),
+                    textcoords="offset points", ha="right", fontsize=8, arrowprops={"arrowstyle": "->"})  # fmt: skip
     for key, name, style in (("image_default", "default threshold", "-"), ("image_f1_optimal", "F1-optimal", ":")):
         v = float(result.thresholds.get(key, np.nan))
         if np.isfinite(v):

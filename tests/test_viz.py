@@ -265,6 +265,22 @@ def test_plot_score_histogram_thresholds(alpha, tmp_path):
     _png_ok(tmp_path / "hist.png")
 
 
+def test_score_histogram_clips_a_long_tail_into_the_last_bin(alpha):
+    import dataclasses
+
+    scores = np.array([1.0, 1.2, 1.1, 2.0, 2.4, 1000.0] + [1.05] * 40 + [2.2] * 40, np.float32)
+    labels = np.array([0, 0, 0, 1, 1, 1] + [0] * 40 + [1] * 40)
+    skewed = dataclasses.replace(alpha, scores=scores, labels=labels,
+                                 thresholds={"image_default": 1.5, "image_f1_optimal": 1.6})  # fmt: skip
+    ax = viz.plot_score_histogram(skewed).axes[0]
+    assert ax.get_xlim()[1] < 10  # not stretched to 1000: good (~1) and defective (~2) stay apart
+    assert sum(p.get_height() for p in ax.patches) == len(scores)  # the outlier is still counted
+    assert any("1 above" in t.get_text() for t in ax.texts)
+    # the thresholds stay on the axis even when they lie beyond the bulk
+    assert viz.score_axis_limit(np.array([1.0, 1.1, 1.2]), keep=[5.0]) == 1.2
+    assert viz.score_axis_limit(np.array([1.0] * 50 + [100.0]), keep=[5.0]) == 5.0
+
+
 def test_plot_per_defect(alpha, tmp_path):
     fig = viz.plot_per_defect(alpha, save_path=tmp_path / "pd.png")
     ax = fig.axes[0]
