@@ -125,16 +125,20 @@ def test_command_line_names_the_profile_it_picked(sample_root, tmp_path, capsys,
     assert saved["image_size"] == 64 and saved["base_width"] == 8 and saved["epochs"] == 1
 
 
-def test_user_folder_without_masks_end_to_end(sample_root, tmp_path):
+UNET_TINY = dict(mode="unet", base_width=8, depth=3, skip_levels=1, out_scales=(1, 2), loss_scale_weights=(1.0, 0.5),
+                 map_scale_weights=(1.0, 1.0))
+BANK_TINY = dict(mode="memory_bank", pretrained=False, coreset_ratio=0.25)  # random weights: plumbing only
+
+
+@pytest.mark.parametrize("family", [UNET_TINY, BANK_TINY], ids=["unet", "memory_bank"])
+def test_user_folder_without_masks_end_to_end(sample_root, tmp_path, family):
     """The README's own-images recipe: a folder of good images, a folder of test images, no masks."""
     from colab_utils.data import load_user_folder
 
     cat = sample_root / "sample"
     train_set, test_set = load_user_folder(cat / "train" / "good", image_size=64, channels=3, defect_dir=cat / "test")
     assert test_set is not None and not test_set.has_masks and 0 < test_set.labels.sum() < len(test_set)
-    cfg = Config.for_category("my_parts", mode="unet", image_size=64, base_width=8, depth=3, skip_levels=1,
-                              out_scales=(1, 2), loss_scale_weights=(1.0, 0.5), map_scale_weights=(1.0, 1.0),
-                              smooth_sigma=1.0, epochs=1, batch_size=8)
+    cfg = Config.for_category("my_parts", image_size=64, smooth_sigma=1.0, epochs=1, batch_size=8, **family)
     fit(cfg, None, tmp_path / "runs" / "my_parts", train_set=train_set, progress=False, log=lambda m: None)
     result = evaluate(tmp_path / "runs" / "my_parts", test_set=test_set, out_dir=tmp_path / "runs", progress=False)
     assert 0.0 <= result.metrics["image_auroc"] <= 1.0
