@@ -165,7 +165,10 @@ class ImageSet:
     def join(self, other: ImageSet) -> ImageSet:
         """A new ImageSet: these images followed by ``other``'s (same size and channels)."""
         if other.images.shape[1:] != self.images.shape[1:]:
-            raise ValueError(f"cannot join images of shape {tuple(self.images.shape[1:])} and {tuple(other.images.shape[1:])}")
+            raise ValueError(
+                f"cannot join images of shape {tuple(self.images.shape[1:])} and {tuple(other.images.shape[1:])}; "
+                "load both sets with the same image_size and channels"
+            )
         return ImageSet(
             images=torch.cat([self.images, other.images]),
             masks=torch.cat([self.masks, other.masks]),

@@ -144,7 +144,7 @@ def demo_plan(out: str | Path, profile: str = "auto") -> dict[str, Any]:
 OFFLINE_MODE = "unet"
 
 
-def demo_mode(mode: str | None = None, log: Any = print, obtainable: Any = None) -> str:
+def demo_mode(mode: str | None = None, log: Any = print) -> str:
     """The model family the demo trains: ``mode`` (default: ``Config``'s), or :data:`OFFLINE_MODE` when that
     one needs ImageNet weights that are neither on disk nor downloadable (said in two plain lines)."""
     from .backbones import weights_cache_path, weights_file_name, weights_obtainable
@@ -152,8 +152,7 @@ def demo_mode(mode: str | None = None, log: Any = print, obtainable: Any = None)
     from .models import get_family
 
     cfg = Config(mode=mode) if mode else Config()
-    obtainable = obtainable or weights_obtainable
-    if not get_family(cfg).needs_weights(cfg) or obtainable(cfg.backbone):
+    if not get_family(cfg).needs_weights(cfg) or weights_obtainable(cfg.backbone):
         return cfg.mode
     log(
         f"The ImageNet weights that mode {cfg.mode!r} needs ({weights_file_name(cfg.backbone)}) are not at "
