@@ -109,12 +109,12 @@ def operating_points(
     from . import metrics as M
 
     nan = float("nan")
-    good, bad = labels == 0, labels != 0
     image = M.binary_confusion(labels, scores, image_threshold)
+    good = image["fp"] + image["tn"]
     out = {
         "image_threshold": float(image_threshold),
-        "good_flagged_rate": image["fp"] / good.sum() if good.any() else nan,
-        "defect_recall": image["tp"] / bad.sum() if bad.any() else nan,
+        "good_flagged_rate": image["fp"] / good if good else nan,
+        "defect_recall": image["recall"],
         "pixel_threshold": float(pixel_threshold),
         "mask_f1": nan,
         "mask_iou": nan,
