@@ -17,11 +17,11 @@ WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 torch.set_num_threads(int(os.environ.get("TEST_TORCH_THREADS", "1")))
 
 
-def _require(what: str) -> None:
-    """Skip with a message, or fail when CI says the resource must be there."""
+def _require(what: str, fix: str = "set MVTEC_ROOT to an MVTec AD folder") -> None:
+    """Skip with a message that says how to provide the resource, or fail when CI says it must be there."""
     if os.environ.get("REQUIRE_MVTEC"):
-        pytest.fail(f"{what} is required in CI (REQUIRE_MVTEC=1) but missing")
-    pytest.skip(f"{what} not available; set MVTEC_ROOT to an MVTec AD folder to run this test")
+        pytest.fail(f"{what} is required in CI (REQUIRE_MVTEC=1) but missing; {fix}")
+    pytest.skip(f"{what} not available; {fix} to run this test")
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def weights_dir() -> Path:
     """Folder holding torchvision's MobileNetV2 ImageNet weights file."""
     folder = Path(os.environ.get("SHARED_WEIGHTS", SHARED / "weights"))
     if not (folder / WEIGHTS_FILE).is_file():
-        _require(f"{WEIGHTS_FILE} (in ../shared/weights or SHARED_WEIGHTS)")
+        _require(f"{WEIGHTS_FILE} (in {folder})", f"set SHARED_WEIGHTS to a folder holding {WEIGHTS_FILE}")
     return folder
 
 
