@@ -33,6 +33,7 @@ demo: $(STAMP)
 ## Run every test (real MVTec tests run when MVTEC_ROOT points at an MVTec AD folder).
 test: $(STAMP)
 	$(PY) -m ruff check colab_utils tests benchmarks notebooks
+	@[ -x "$${CHROMIUM:-/usr/bin/chromium}" ] || echo "note: no Chromium at $${CHROMIUM:-/usr/bin/chromium}: the browser test of the gallery is skipped (apt-get install -y chromium)"
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

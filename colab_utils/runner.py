@@ -102,7 +102,11 @@ def execute_notebook(
                 if html:
                     from nbconvert import HTMLExporter
 
-                    body, _ = HTMLExporter().from_notebook_node(nb)
+                    # Without the saved widget state, nbconvert shows each widget's fallback (the gallery's
+                    # picture, a progress bar's text) instead of a view that needs JavaScript from a CDN.
+                    static = nbformat.from_dict(nb)
+                    static.metadata.pop("widgets", None)
+                    body, _ = HTMLExporter().from_notebook_node(static)
                     out_path.with_suffix(".html").write_text(body, encoding="utf-8")
     finally:
         for k, v in saved.items():

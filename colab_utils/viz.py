@@ -1,4 +1,5 @@
-"""Figures and the interactive gallery of the notebook suite.
+"""Static figures and the report export of the notebook suite (the interactive gallery is
+:mod:`colab_utils.gallery`; the pictures both draw come from :mod:`colab_utils.panels`).
 
 Everything here reads :class:`colab_utils.evaluate.EvalResult` objects (or plain numpy arrays) and draws;
 nothing here trains, scores or computes a metric that is reported (curves come from
@@ -23,21 +24,33 @@ from __future__ import annotations
 
 import base64
 import html
-import io
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import contextmanager
-from functools import lru_cache
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .evaluate import EvalResult
+from .panels import (
+    GT_COLOUR,
+    as_result_list,
+    colour_lut,
+    default_indices,
+    gallery_sheet,
+    heatmap_overlay,
+    image_panels,
+    map_scale,
+    mask2d,
+    png_bytes,
+    rgb_float,
+    square,
+    tint,
+    to_numpy,
+    to_u8,
+    verdict,
+)
 
 __all__ = [
-    "Gallery",
-    "SORT_OPTIONS",
-    "build_gallery",
     "heatmap_overlay",
     "map_scale",
     "metrics_table",
@@ -54,30 +67,11 @@ __all__ = [
     "show_worst",
 ]
 
-#: Orderings offered by the gallery's ``sort`` dropdown.
-SORT_OPTIONS = ("file order", "score (high first)", "worst false positives", "worst false negatives")
-
 _DPI = 110
 _MAX_CURVE_POINTS = 5000  # points drawn per curve (drawing only; metrics are computed elsewhere)
-_PRED_COLOUR = (1.0, 0.15, 0.15)  # predicted defect pixels
-_GT_COLOUR = (0.1, 0.9, 0.2)  # ground-truth defect pixels
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _np(x: Any) -> np.ndarray:
-    """numpy view of an array or a (CPU/GPU) torch tensor."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _as_list(results: EvalResult | Iterable[EvalResult] | Mapping[str, EvalResult]) -> list[EvalResult]:
-    if isinstance(results, EvalResult):
-        return [results]
-    if isinstance(results, Mapping):
-        return list(results.values())
-    return list(results)
-
 
 def _pct(value: Any) -> str:
     """A fraction in [0, 1] as a percentage with one decimal; ``n/a`` for missing/NaN."""
@@ -105,104 +99,6 @@ def _finish(fig, save_path: str | Path | None):
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=_DPI, bbox_inches="tight")
     return fig
-
-
-def _rgb_float(image: Any) -> np.ndarray:
-    """One image (C, H, W) with C in {1, 3} (or (H, W)), uint8 0..255 or float [0, 1] -> float32 (H, W, 3) in [0, 1]."""
-    img = _np(image)
-    if img.ndim == 2:
-        img = img[None]
-    if img.ndim != 3 or img.shape[0] not in (1, 3):
-        raise ValueError(f"expected one image of shape (C, H, W) with C in (1, 3), got {img.shape}")
-    out = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else np.clip(img.astype(np.float32), 0.0, 1.0)
-    out = np.moveaxis(out, 0, -1)
-    return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
-
-
-def _to_u8(rgb: np.ndarray) -> np.ndarray:
-    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def _mask2d(mask: Any) -> np.ndarray:
-    """(1, H, W) or (H, W) mask -> bool (H, W)."""
-    m = _np(mask)
-    if m.ndim == 3:
-        m = m[0]
-    return m > 0.5
-
-
-@lru_cache(maxsize=16)
-def _lut(cmap: str) -> np.ndarray:
-    """(256, 3) float32 RGB lookup table of a matplotlib colour map."""
-    from matplotlib import colormaps
-
-    return colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32)
-
-
-# ------------------------------------------------------------------------------------------- heatmaps
-def map_scale(result: EvalResult, high_percentile: float = 99.9) -> tuple[float, float]:
-    """The shared heatmap colour scale ``(vmin, vmax)`` of one category.
-
-    ``vmin`` is the level of a typical normal pixel: 0 for standardised maps (the mean of held-out good
-    pixels, ``config["normalize_maps"]``), otherwise the median of the category's maps. ``vmax`` is the
-    ``high_percentile`` of all test-map values, but at least ``2 * threshold - vmin``, so the default pixel
-    threshold (from good images only) sits at or below the middle of the colour bar: blue-green is normal
-    variation, yellow-red is flagged, and a missed defect that the model half-saw is still visible.
-    Use the same pair for every image of the category.
-    """
-    maps = _np(result.maps)
-    sub = maps[..., ::2, ::2] if maps.size > 4_000_000 else maps  # percentiles of a 1/4 sample are plenty
-    if not sub.size:
-        return 0.0, 1.0
-    vmin = 0.0 if result.config.get("normalize_maps", False) else float(np.nanmedian(sub))
-    threshold = float(result.thresholds.get("pixel_default", np.nan))
-    vmax = float(np.nanpercentile(sub, high_percentile))
-    if np.isfinite(threshold) and threshold > vmin:
-        vmax = max(vmax, 2.0 * threshold - vmin)
-    if not vmax > vmin:
-        vmax = vmin + 1.0
-    return vmin, vmax
-
-
-def heatmap_overlay(
-    image: Any, amap: Any, vmin: float, vmax: float, alpha: float = 0.5, cmap: str = "jet"
-) -> np.ndarray:
-    """Blend a colour-mapped anomaly map over an image.
-
-    Args:
-        image: one image, uint8 (C, H, W) in 0..255 (or float in [0, 1]); C = 1 is shown as gray RGB.
-        amap: float (H, W) anomaly map (higher = more anomalous); (1, H, W) is accepted.
-        vmin, vmax: the colour scale: values <= vmin get the bottom colour, >= vmax the top colour.
-            They must be SHARED by all images that are compared (e.g. :func:`map_scale` of the category:
-            the default pixel threshold and a high percentile of the category's maps). Never pass the
-            per-image min and max: that stretches the faint noise of a good image to full red, so every
-            good image would look defective and images could not be compared.
-        alpha: opacity of the colour map in [0, 1] (0 = image only, 1 = colour map only).
-        cmap: matplotlib colour map name (``"jet"``, ``"inferno"``, ...).
-
-    Returns:
-        float32 RGB (H, W, 3) in [0, 1]. The same map value gives the same colour in every image.
-    """
-    if not vmax > vmin:
-        raise ValueError(f"heatmap_overlay needs vmax > vmin, got vmin={vmin}, vmax={vmax}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    rgb = _rgb_float(image)
-    m = _np(amap).astype(np.float32)
-    if m.ndim == 3 and m.shape[0] == 1:
-        m = m[0]
-    if m.shape != rgb.shape[:2]:
-        raise ValueError(f"map shape {m.shape} does not match image size {rgb.shape[:2]}")
-    t = np.clip((np.nan_to_num(m, nan=vmin) - vmin) / (vmax - vmin), 0.0, 1.0)
-    colours = _lut(cmap)[np.rint(t * 255.0).astype(np.intp)]
-    return ((1.0 - alpha) * rgb + alpha * colours).astype(np.float32)
-
-
-def _tint(image_rgb: np.ndarray, mask: np.ndarray, colour: tuple[float, float, float]) -> np.ndarray:
-    """Dimmed image with ``mask`` pixels painted in ``colour``: float (H, W, 3) in [0, 1]."""
-    out = 0.35 * image_rgb
-    out[mask] = 0.25 * image_rgb[mask] + 0.75 * np.asarray(colour, np.float32)
-    return out
 
 
 # ------------------------------------------------------------------------------------------ data plots
@@ -274,21 +170,21 @@ def show_samples(
     Returns:
         The Figure, with exactly N image axes.
     """
-    imgs = _np(images)
+    imgs = to_numpy(images)
     n = len(imgs)
     if n == 0:
         raise ValueError("show_samples needs at least one image")
     ncols = max(1, min(ncols, n))
     nrows = -(-n // ncols)
     fig, axes = _new_axes(None, nrows, ncols, figsize=(2.6 * ncols, 2.7 * nrows), squeeze=False)
-    m_all = None if masks is None else _np(masks)
+    m_all = None if masks is None else to_numpy(masks)
     for k, ax in enumerate(axes.ravel()):
         if k >= n:
             fig.delaxes(ax)
             continue
-        ax.imshow(_rgb_float(imgs[k]), interpolation="nearest")
+        ax.imshow(rgb_float(imgs[k]), interpolation="nearest")
         if m_all is not None:
-            m = _mask2d(m_all[k])
+            m = mask2d(m_all[k])
             if m.any():
                 fill = np.zeros((*m.shape, 4), np.float32)
                 fill[m] = (1.0, 0.0, 0.0, 0.3)
@@ -409,12 +305,12 @@ def show_reconstructions(
         The Figure: 3 * n image axes plus one colorbar axes. The difference row shares one colour scale
         (0 .. the largest difference shown), so brighter means a worse reconstruction in every column.
     """
-    imgs, recs = _np(images), _np(recons)
+    imgs, recs = to_numpy(images), to_numpy(recons)
     if imgs.shape[0] != recs.shape[0]:
         raise ValueError(f"images ({imgs.shape}) and recons ({recs.shape}) differ in length")
     n = max(1, min(n, len(imgs)))
-    inp = [_rgb_float(imgs[k]) for k in range(n)]
-    rec = [_rgb_float(recs[k]) for k in range(n)]
+    inp = [rgb_float(imgs[k]) for k in range(n)]
+    rec = [rgb_float(recs[k]) for k in range(n)]
     diff = [np.abs(a - b).mean(axis=-1) for a, b in zip(inp, rec)]
     dmax = max(float(max(d.max() for d in diff)), 1e-6)
     fig, axes = _new_axes(None, 3, n, figsize=(2.2 * n + 0.8, 6.8), squeeze=False, layout="constrained")
@@ -448,12 +344,12 @@ def plot_roc(results, ax=None, save_path: str | Path | None = None):
     fig, ax = _new_axes(ax, figsize=(5.5, 5.0))
     ax.plot([0, 1], [0, 1], "--", color="0.6", lw=1, label="chance")
     skipped = []
-    for r in _as_list(results):
-        labels = _np(r.labels)
+    for r in as_result_list(results):
+        labels = to_numpy(r.labels)
         if labels.min(initial=1) == labels.max(initial=0) or len(labels) == 0:
             skipped.append(r.category)
             continue
-        fpr, tpr, _ = roc_curve_points(labels, _np(r.scores))
+        fpr, tpr, _ = roc_curve_points(labels, to_numpy(r.scores))
         ax.plot(fpr, tpr, lw=1.6, label=f"{r.category} (AUROC {_pct(r.metrics.get('image_auroc'))}%)")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
@@ -480,11 +376,11 @@ def plot_pro(results, fpr_limit: float = 0.3, ax=None, save_path: str | Path | N
 
     fig, ax = _new_axes(ax, figsize=(6.0, 4.5))
     skipped = []
-    for r in _as_list(results):
-        if not np.any(_np(r.masks)):
+    for r in as_result_list(results):
+        if not np.any(to_numpy(r.masks)):
             skipped.append(r.category)
             continue
-        fpr, pro = (np.asarray(a, dtype=np.float64) for a in pro_curve(_np(r.masks), _np(r.maps)))
+        fpr, pro = (np.asarray(a, dtype=np.float64) for a in pro_curve(to_numpy(r.masks), to_numpy(r.maps)))
         if fpr.size == 0:
             skipped.append(r.category)
             continue
@@ -544,7 +440,7 @@ def plot_score_histogram(result: EvalResult, bins: int = 30, ax=None, save_path:
         The Figure (one axes; two histograms; one vertical line per finite threshold).
     """
     fig, ax = _new_axes(ax, figsize=(6.5, 4.0))
-    scores, labels = _np(result.scores).astype(np.float64), _np(result.labels)
+    scores, labels = to_numpy(result.scores).astype(np.float64), to_numpy(result.labels)
     finite = scores[np.isfinite(scores)]
     lines = [float(result.thresholds.get(k, np.nan)) for k in ("image_default", "image_f1_optimal")]
     hi = score_axis_limit(finite, [v for v in lines if np.isfinite(v)])
@@ -604,7 +500,7 @@ def plot_per_defect(result: EvalResult, ax=None, save_path: str | Path | None = 
 
 def _worst_indices(result: EvalResult, kind: str) -> np.ndarray:
     """Good images by descending score (``"fp"``) or defective images by ascending score (``"fn"``)."""
-    labels, scores = _np(result.labels), _np(result.scores).astype(np.float64)
+    labels, scores = to_numpy(result.labels), to_numpy(result.scores).astype(np.float64)
     if kind == "fp":
         idx = np.flatnonzero(labels == 0)
         return idx[np.argsort(-scores[idx], kind="stable")]
@@ -650,7 +546,7 @@ def show_worst(
     thr = float(result.thresholds["image_default"])
     fig, axes = _new_axes(None, len(idx), 3, figsize=(8.4, 2.6 * len(idx) + 0.6), squeeze=False, layout="constrained")
     for row, i in enumerate(idx):
-        rgb = _rgb_float(result.images[i])
+        rgb = rgb_float(result.images[i])
         score = float(result.scores[i])
         flagged = score >= thr
         wrong = flagged != bool(result.labels[i])
@@ -659,7 +555,7 @@ def show_worst(
         axes[row, 0].set_title(f"#{i} {result.defect_types[i]}: {Path(str(result.paths[i])).name}", fontsize=8)
         axes[row, 1].imshow(heatmap_overlay(result.images[i], result.maps[i], vmin, vmax, alpha, cmap))
         axes[row, 1].set_title(f"score {score:.3g} (thr {thr:.3g}): {status}", fontsize=8)
-        axes[row, 2].imshow(_tint(rgb, _mask2d(result.masks[i]), _GT_COLOUR), interpolation="nearest")
+        axes[row, 2].imshow(tint(rgb, mask2d(result.masks[i]), GT_COLOUR), interpolation="nearest")
         axes[row, 2].set_title("ground truth", fontsize=8)
         for ax in axes[row]:
             ax.set_axis_off()
@@ -705,7 +601,7 @@ def metrics_table(results, anchors: Mapping[str, Mapping[str, Any]] | None = Non
         Markdown text. Means skip undefined (NaN) values, marked ``*`` with a footnote when that happens. An
         anchor's mean is given only when it has numbers for every category in the table (else "–").
     """
-    rs = _as_list(results)
+    rs = as_result_list(results)
     anchors = dict(anchors or {})
     header = ["category"] + [f"{name} (%)" for _, name in _TABLE_COLUMNS] + [f"{a} image / pixel" for a in anchors]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
@@ -748,150 +644,6 @@ def metrics_table(results, anchors: Mapping[str, Mapping[str, Any]] | None = Non
     return text
 
 
-# ------------------------------------------------------------------------------ panel composition (PIL)
-@lru_cache(maxsize=4)
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def _resize(rgb_u8: np.ndarray, size: int) -> np.ndarray:
-    """Square panel of side ``size`` (nearest when enlarging: keeps pixels honest; box filter when shrinking)."""
-    from PIL import Image
-
-    h, w = rgb_u8.shape[:2]
-    if (h, w) == (size, size):
-        return rgb_u8
-    resample = Image.NEAREST if max(h, w) < size else Image.BOX
-    return np.asarray(Image.fromarray(rgb_u8).resize((size, size), resample))
-
-
-def _text_panel(size: int, text: str) -> np.ndarray:
-    """A gray square with centred multi-line text: uint8 (size, size, 3)."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (size, size), (60, 60, 60))
-    draw = ImageDraw.Draw(img)
-    draw.multiline_text((size / 2, size / 2), text, fill=(230, 230, 230), font=_font(13), anchor="mm", align="center")
-    return np.asarray(img)
-
-
-def _colour_strip(width: int, cmap: str, height: int = 10) -> np.ndarray:
-    """Horizontal colour bar: uint8 (height, width, 3)."""
-    lut = _lut(cmap)
-    row = lut[np.linspace(0, 255, width).astype(np.intp)]
-    return _to_u8(np.broadcast_to(row, (height, width, 3)))
-
-
-def _panels(
-    result: EvalResult, i: int, threshold: float, alpha: float, vmin: float, vmax: float, cmap: str
-) -> tuple[list[tuple[str, np.ndarray | None]], np.ndarray]:
-    """The panels of image ``i``: ([(title, uint8 (H, W, 3) or None for the feature-mode note)], pred mask bool (H, W))."""
-    rgb = _rgb_float(result.images[i])
-    amap = _np(result.maps[i])
-    if amap.ndim == 3:
-        amap = amap[0]
-    pred = amap >= threshold
-    panels: list[tuple[str, np.ndarray | None]] = [("image", _to_u8(rgb))]
-    panels.append(("reconstruction", None if result.recons is None else _to_u8(_rgb_float(result.recons[i]))))
-    panels.append(("heatmap", _to_u8(heatmap_overlay(result.images[i], amap, vmin, vmax, alpha, cmap))))
-    panels.append((f"predicted mask (map >= {threshold:.3g})", _to_u8(_tint(rgb, pred, _PRED_COLOUR))))
-    panels.append(("ground truth", _to_u8(_tint(rgb, _mask2d(result.masks[i]), _GT_COLOUR))))
-    return panels, pred
-
-
-_FEATURE_NOTE = "this model has\nno pixel\nreconstruction"
-
-
-def _compose(
-    panels: Sequence[tuple[str, np.ndarray | None]],
-    size: int,
-    titles: bool = True,
-    footers: Sequence[str] | None = None,
-    strip: tuple[int, str, float, float] | None = None,
-    gap: int = 6,
-) -> np.ndarray:
-    """Panels side by side on a white canvas: uint8 (H', W', 3).
-
-    ``titles`` draws each panel's title above it; ``footers`` (one text per panel) below it; ``strip``
-    ``(panel position, cmap, vmin, vmax)`` draws a colour bar with its end values under that panel.
-    """
-    from PIL import Image, ImageDraw
-
-    title_h = 20 if titles else 0
-    foot_h = (16 if footers is not None else 0) + (14 if strip is not None else 0)
-    width = len(panels) * size + (len(panels) - 1) * gap
-    canvas = Image.new("RGB", (width, title_h + size + foot_h), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    font = _font(12)
-    for k, (title, arr) in enumerate(panels):
-        x = k * (size + gap)
-        tile = _text_panel(size, _FEATURE_NOTE) if arr is None else _resize(arr, size)
-        canvas.paste(Image.fromarray(tile), (x, title_h))
-        if titles:
-            draw.text((x + size / 2, title_h / 2), title, fill=(0, 0, 0), font=font, anchor="mm")
-        y = title_h + size + 2
-        if strip is not None and strip[0] == k:
-            canvas.paste(Image.fromarray(_colour_strip(size, strip[1])), (x, y))
-            for value, xx, anchor in ((strip[2], x, "lm"), (strip[3], x + size, "rm")):
-                draw.text((xx, y + 14 + 7), f"{value:.3g}", fill=(0, 0, 0), font=font, anchor=anchor)
-        if footers is not None and footers[k]:
-            draw.text(
-                (x + size / 2, y + (14 if strip is not None else 0) + 7),
-                footers[k],
-                fill=(0, 0, 0),
-                font=font,
-                anchor="mm",
-            )
-    return np.asarray(canvas)
-
-
-def _png(rgb_u8: np.ndarray, compress_level: int = 1) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb_u8).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
-def _verdict(result: EvalResult, i: int) -> tuple[bool, bool, str]:
-    """(flagged as defect, correct, words) of image ``i`` at the default image threshold."""
-    flagged = float(result.scores[i]) >= float(result.thresholds["image_default"])
-    defective = bool(result.labels[i])
-    if flagged == defective:
-        return flagged, True, "correct"
-    return flagged, False, "wrong: false positive" if flagged else "wrong: false negative"
-
-
-def _default_indices(result: EvalResult, n: int) -> list[int]:
-    """Up to ``n`` images taken round-robin over the defect types (good first), each type in file order;
-    returned in file order."""
-    by_type: dict[str, list[int]] = {}
-    for i, t in enumerate(result.defect_types):
-        by_type.setdefault(t, []).append(i)
-    order = sorted(by_type, key=lambda t: (t != "good", t))
-    picked: list[int] = []
-    depth = 0
-    while len(picked) < min(n, len(result.defect_types)):
-        for t in order:
-            if depth < len(by_type[t]) and len(picked) < n:
-                picked.append(by_type[t][depth])
-        depth += 1
-    return sorted(picked)
-
-
-def _row_caption(result: EvalResult, i: int) -> str:
-    flagged, _, words = _verdict(result, i)
-    return (
-        f"#{i} {Path(str(result.paths[i])).name} | {result.defect_types[i]} | score {float(result.scores[i]):.3g} "
-        f"(thr {float(result.thresholds['image_default']):.3g}) -> {'DEFECT' if flagged else 'OK'} ({words})"
-    )
-
-
 def save_gallery_png(
     result: EvalResult,
     path: str | Path,
@@ -911,35 +663,12 @@ def save_gallery_png(
     Returns:
         The PNG path.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
-    idx = list(_default_indices(result, n) if indices is None else indices)
-    if not idx:
-        raise ValueError(f"{result.category}: no images to put in the gallery")
-    vmin, vmax = map_scale(result)
-    thr = float(result.thresholds["pixel_default"])
-    font = _font(12)
-    blocks = []
-    for i in idx:
-        panels = [p for p in _panels(result, i, thr, alpha, vmin, vmax, cmap)[0] if p[1] is not None]
-        row = _compose(panels, panel_size, titles=False)
-        bar = Image.new("RGB", (row.shape[1], 20), (255, 255, 255))
-        ImageDraw.Draw(bar).text((2, 10), _row_caption(result, i), fill=(0, 0, 0), font=font, anchor="lm")
-        blocks += [np.asarray(bar), row, np.full((8, row.shape[1], 3), 255, np.uint8)]
-    heat = [t for t, _ in panels].index("heatmap")
-    header = _compose(panels, panel_size, titles=True, footers=[""] * len(panels), strip=(heat, cmap, vmin, vmax))
-    head = header[:20]  # the title line only
-    scale = header[20 + panel_size :]  # colour bar + range, under the heatmap column
-    lines = [f"{result.category}: heatmap scale shared by all rows; pixel threshold {thr:.3g}"]
-    if result.recons is None:
-        lines.append(f"{result.config.get('mode', 'this')} model: no pixel reconstruction")
-    title = Image.new("RGB", (row.shape[1], 20 * len(lines) + 4), (255, 255, 255))
-    for k, line in enumerate(lines):
-        ImageDraw.Draw(title).text((2, 12 + 20 * k), line, fill=(0, 0, 0), font=_font(14), anchor="lm")
-    out = np.concatenate([np.asarray(title), head, scale] + blocks, axis=0)
+    sheet = gallery_sheet(result, indices, n, panel_size, alpha, cmap)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(out).save(path, format="PNG", optimize=False)
+    Image.fromarray(sheet).save(path, format="PNG", optimize=False)
     return path
 
 
@@ -961,10 +690,10 @@ def save_gallery_html(
     Returns:
         The HTML path. Rows are ``<tr class="item">``.
     """
-    idx = list(_default_indices(result, n) if indices is None else indices)
+    idx = list(default_indices(result, n) if indices is None else indices)
     vmin, vmax = map_scale(result)
     thr = float(result.thresholds["pixel_default"])
-    lut = _to_u8(_lut(cmap))
+    lut = to_u8(colour_lut(cmap))
     stops = ", ".join(f"rgb({r},{g},{b})" for r, g, b in lut[::32].tolist() + [lut[-1].tolist()])
     m = result.metrics
     esc = html.escape
@@ -988,13 +717,13 @@ def save_gallery_html(
         "<table><tr>" + "".join(f"<th>{c}</th>" for c in head_cols) + "</tr>",
     ]
     for i in idx:
-        panels, _ = _panels(result, i, thr, alpha, vmin, vmax, cmap)
-        flagged, correct, words = _verdict(result, i)
+        panels, _ = image_panels(result, i, thr, alpha, vmin, vmax, cmap)
+        flagged, correct, words = verdict(result, i)
         cells = []
         for title, arr in panels:
             if arr is None:
                 continue  # feature mode: no reconstruction column
-            b64 = base64.b64encode(_png(_resize(arr, panel_size), compress_level=6)).decode("ascii")
+            b64 = base64.b64encode(png_bytes(square(arr, panel_size), compress_level=6)).decode("ascii")
             cells.append(f"<td><img width='{panel_size}' alt='{esc(title)}' src='data:image/png;base64,{b64}'></td>")
         cells.append(
             f"<td style='text-align:left'>#{i}<br>{esc(str(result.paths[i]))}<br>{esc(result.defect_types[i])}<br>"
@@ -1009,268 +738,6 @@ def save_gallery_html(
     return path
 
 
-# ------------------------------------------------------------------------------------------- gallery
-class Gallery:
-    """Interactive gallery of evaluated test images (notebook 04). Display ``gallery.widget`` (or the gallery
-    itself as a cell's last expression).
-
-    Controls (ipywidgets, public attributes): ``category`` (Dropdown), ``defect_type`` (Dropdown: "all" + the
-    category's types), ``sort`` (Dropdown, :data:`SORT_OPTIONS`), ``index`` (IntSlider: position in the
-    filtered list), ``prev_button``/``next_button``, ``threshold`` (FloatSlider on the pixel-map scale; default
-    ``thresholds["pixel_default"]``), ``reset_button`` (back to that default), ``opacity`` (FloatSlider 0..1).
-
-    Panels side by side, rendered with numpy + PIL into ``image`` (an ``ipywidgets.Image`` of PNG bytes): image,
-    reconstruction (or a "feature mode: no pixel reconstruction" note), heatmap overlay on the category's shared
-    scale (:func:`map_scale`, colour bar below), predicted mask (map >= threshold) and ground truth; ``caption``
-    (HTML) gives path, defect type, image score vs ``thresholds["image_default"]``, the verdict and whether it
-    is correct. Only the current image is rendered, on every control change.
-
-    Constructor options: ``category`` (initially shown), ``panel_size`` (pixels per panel), ``opacity`` (initial
-    heatmap opacity), ``cmap``, ``continuous_update`` (re-render while a slider is dragged; set False on a slow
-    connection: each render sends one PNG of about 5 panels).
-
-    State after each render (for tests and for code cells): ``current_category``, ``current_position``,
-    ``current_index`` (test-image index into the result arrays, None when the filter matches nothing),
-    ``current_pred_mask`` (bool (H, W) or None), ``current_panels`` (uint8 (H', W', 3)), ``filtered_indices``
-    (list of test-image indices in display order), ``n_renders``.
-
-    Sorts: "file order"; "score (high first)"; "worst false positives" = good images only, highest score first;
-    "worst false negatives" = defective images only, lowest score first. The defect-type filter applies first.
-    """
-
-    def __init__(
-        self,
-        results: EvalResult | Iterable[EvalResult] | Mapping[str, EvalResult],
-        category: str | None = None,
-        panel_size: int = 256,
-        opacity: float = 0.5,
-        cmap: str = "jet",
-        continuous_update: bool = True,
-    ) -> None:
-        import ipywidgets as w
-
-        if isinstance(results, Mapping):
-            self.results = dict(results)
-        else:
-            self.results = {r.category: r for r in _as_list(results)}
-        if not self.results:
-            raise ValueError("Gallery needs at least one EvalResult")
-        first = category if category is not None else next(iter(self.results))
-        if first not in self.results:
-            raise ValueError(f"category {first!r} not among {list(self.results)}")
-        self.panel_size = int(panel_size)
-        self.cmap = cmap
-        self._scales: dict[str, tuple[float, float, float, float]] = {}
-        self._busy = False
-        self.n_renders = 0
-        self.filtered_indices: list[int] = []
-        self.current_category = first
-        self.current_position = 0
-        self.current_index: int | None = None
-        self.current_pred_mask: np.ndarray | None = None
-        self.current_panels: np.ndarray | None = None
-
-        wide = {"description_width": "90px"}
-        self.category = w.Dropdown(options=list(self.results), value=first, description="category", style=wide)
-        self.defect_type = w.Dropdown(options=["all"], value="all", description="defect type", style=wide)
-        self.sort = w.Dropdown(options=list(SORT_OPTIONS), value=SORT_OPTIONS[0], description="order", style=wide)
-        live = bool(continuous_update)
-        self.index = w.IntSlider(
-            min=0,
-            max=0,
-            value=0,
-            description="image",
-            style=wide,
-            continuous_update=live,
-            layout=w.Layout(width="420px"),
-        )
-        self.prev_button = w.Button(description="◀", layout=w.Layout(width="40px"), tooltip="previous image")
-        self.next_button = w.Button(description="▶", layout=w.Layout(width="40px"), tooltip="next image")
-        self.threshold = w.FloatSlider(
-            min=0.0,
-            max=1.0,
-            step=0.001,
-            value=0.5,
-            description="pixel thr.",
-            readout_format=".3g",
-            style=wide,
-            continuous_update=live,
-            layout=w.Layout(width="420px"),
-        )
-        self.reset_button = w.Button(
-            description="default", layout=w.Layout(width="70px"), tooltip="reset to thresholds['pixel_default']"
-        )
-        self.opacity = w.FloatSlider(
-            min=0.0, max=1.0, step=0.05, value=float(opacity), description="opacity", style=wide, continuous_update=live
-        )
-        self.image = w.Image(format="png")
-        self.caption = w.HTML()
-        self.widget = w.VBox(
-            [
-                w.HBox([self.category, self.defect_type, self.sort]),
-                w.HBox([self.index, self.prev_button, self.next_button]),
-                w.HBox([self.threshold, self.reset_button, self.opacity]),
-                self.image,
-                self.caption,
-            ]
-        )
-
-        with self._hold():
-            self._load_category(first)
-        self.category.observe(self._on_category, names="value")
-        self.defect_type.observe(self._on_filter, names="value")
-        self.sort.observe(self._on_filter, names="value")
-        for ctrl in (self.index, self.threshold, self.opacity):
-            ctrl.observe(self._on_view, names="value")
-        self.prev_button.on_click(lambda _: self.step(-1))
-        self.next_button.on_click(lambda _: self.step(+1))
-        self.reset_button.on_click(lambda _: self._reset_threshold())
-        self.render()
-
-    # ------------------------------------------------------------------ display
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    # --------------------------------------------------------------- internals
-    @contextmanager
-    def _hold(self):
-        """Suppress re-rendering while several controls change together."""
-        self._busy = True
-        try:
-            yield
-        finally:
-            self._busy = False
-
-    @property
-    def result(self) -> EvalResult:
-        """The EvalResult of the selected category."""
-        return self.results[self.category.value]
-
-    def scale(self, category: str | None = None) -> tuple[float, float]:
-        """The shared heatmap scale (vmin, vmax) of a category (cached)."""
-        return self._scale_and_range(category or self.category.value)[:2]
-
-    def _scale_and_range(self, category: str) -> tuple[float, float, float, float]:
-        if category not in self._scales:
-            r = self.results[category]
-            vmin, vmax = map_scale(r)
-            maps = _np(r.maps)
-            self._scales[category] = (vmin, vmax, float(np.nanmin(maps)), float(np.nanmax(maps)))
-        return self._scales[category]
-
-    def _load_category(self, category: str) -> None:
-        r = self.results[category]
-        types = sorted(set(r.defect_types), key=lambda t: (t != "good", t))
-        self.defect_type.options = ["all", *types]
-        self.defect_type.value = "all"
-        _, _, lo, hi = self._scale_and_range(category)
-        default = float(r.thresholds["pixel_default"])
-        lo, hi = min(lo, default), max(hi, default)
-        if not hi > lo:
-            hi = lo + 1.0
-        slider = self.threshold
-        slider.max = max(slider.max, hi)  # widen first so every intermediate state is valid
-        slider.min = min(slider.min, lo)
-        slider.value = default
-        slider.min, slider.max = lo, hi
-        slider.step = (hi - lo) / 1000.0
-        self._refilter()
-
-    def _refilter(self) -> None:
-        r = self.result
-        labels, scores = _np(r.labels), _np(r.scores).astype(np.float64)
-        want = self.defect_type.value
-        idx = np.array([i for i, t in enumerate(r.defect_types) if want == "all" or t == want], dtype=np.intp)
-        order = self.sort.value
-        if order == "score (high first)":
-            idx = idx[np.argsort(-scores[idx], kind="stable")]
-        elif order == "worst false positives":
-            idx = idx[labels[idx] == 0]
-            idx = idx[np.argsort(-scores[idx], kind="stable")]
-        elif order == "worst false negatives":
-            idx = idx[labels[idx] == 1]
-            idx = idx[np.argsort(scores[idx], kind="stable")]
-        self.filtered_indices = [int(i) for i in idx]
-        self.index.value = 0
-        self.index.max = max(0, len(self.filtered_indices) - 1)
-        self.index.disabled = len(self.filtered_indices) <= 1
-
-    def _on_category(self, change) -> None:
-        if self._busy:
-            return
-        with self._hold():
-            self._load_category(change["new"])
-        self.render()
-
-    def _on_filter(self, _change) -> None:
-        if self._busy:
-            return
-        with self._hold():
-            self._refilter()
-        self.render()
-
-    def _on_view(self, _change) -> None:
-        if not self._busy:
-            self.render()
-
-    def _reset_threshold(self) -> None:
-        self.threshold.value = float(self.result.thresholds["pixel_default"])
-
-    def step(self, delta: int) -> None:
-        """Move ``delta`` images along the filtered list (clamped)."""
-        self.index.value = int(np.clip(self.index.value + delta, self.index.min, self.index.max))
-
-    # ----------------------------------------------------------------- render
-    def render(self) -> None:
-        """Render the current image into ``image`` and ``caption`` and update the ``current_*`` state."""
-        self.n_renders += 1
-        r = self.result
-        self.current_category = self.category.value
-        self.current_position = int(self.index.value)
-        if not self.filtered_indices:
-            self.current_index = None
-            self.current_pred_mask = None
-            self.current_panels = _text_panel(self.panel_size, "no images match\nthis filter")
-            self.image.value = _png(self.current_panels)
-            self.caption.value = (
-                f"<b>{html.escape(self.current_category)}</b>: no images match defect type "
-                f"{html.escape(str(self.defect_type.value))!r} with order "
-                f"{html.escape(str(self.sort.value))!r}"
-            )
-            return
-        i = self.filtered_indices[self.current_position]
-        vmin, vmax = self.scale(self.current_category)
-        thr = float(self.threshold.value)
-        panels, pred = _panels(r, i, thr, float(self.opacity.value), vmin, vmax, self.cmap)
-        gt = _mask2d(r.masks[i])
-        inter, union = int((pred & gt).sum()), int((pred | gt).sum())
-        footers = [
-            "",
-            "",
-            "shared scale",
-            f"{100.0 * pred.mean():.1f}% of pixels" + (f", IoU {inter / union:.2f}" if gt.any() else ""),
-            f"{100.0 * gt.mean():.1f}% of pixels" if gt.any() else "no defect",
-        ]
-        self.current_index = i
-        self.current_pred_mask = pred
-        self.current_panels = _compose(panels, self.panel_size, footers=footers, strip=(2, self.cmap, vmin, vmax))
-        self.image.value = _png(self.current_panels)
-        flagged, correct, words = _verdict(r, i)
-        colour = "#1a7f37" if correct else "#c62828"
-        self.caption.value = (
-            f"<div style='font-family:monospace'>{self.current_position + 1} / {len(self.filtered_indices)} "
-            f"&middot; #{i} &middot; <b>{html.escape(str(r.paths[i]))}</b><br>"
-            f"defect type: <b>{html.escape(r.defect_types[i])}</b> &middot; image score {float(r.scores[i]):.4g} "
-            f"vs threshold {float(r.thresholds['image_default']):.4g} &rarr; <b>{'DEFECT' if flagged else 'OK'}</b> "
-            f"<span style='color:{colour}'>({words})</span></div>"
-        )
-
-
-def build_gallery(results: EvalResult | Iterable[EvalResult] | Mapping[str, EvalResult], **kwargs: Any) -> Gallery:
-    """``Gallery(results, **kwargs)``; ``results`` maps category -> :class:`EvalResult` (a list or one works too)."""
-    return Gallery(results, **kwargs)
-
-
 # ------------------------------------------------------------------------------------ notebook helpers
 def show_holdout(preview: Mapping[str, Any], title: str | None = None, alpha: float = 0.5, save_path=None):
     """Held-out good images with their reconstruction (U-Net mode) and anomaly heatmap.
@@ -1283,14 +750,14 @@ def show_holdout(preview: Mapping[str, Any], title: str | None = None, alpha: fl
         The Figure: rows input, [reconstruction,] heatmap; the heatmap scale runs from 0 (a typical
         good pixel) to twice the pixel threshold, so a good image should stay in the blue-green half.
     """
-    images, recons, maps = _np(preview["images"]), preview.get("recons"), _np(preview["maps"])
+    images, recons, maps = to_numpy(preview["images"]), preview.get("recons"), to_numpy(preview["maps"])
     n = len(images)
     threshold = float(preview.get("threshold", np.nan))
     # the scale of map_scale(): 0 = a typical good pixel, the threshold in the middle of the colour bar
     vmax = 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else max(float(maps.max()), 1e-6)
-    rows = [("input", [_rgb_float(images[k]) for k in range(n)])]
+    rows = [("input", [rgb_float(images[k]) for k in range(n)])]
     if recons is not None:
-        rows.append(("reconstruction", [_rgb_float(_np(recons)[k]) for k in range(n)]))
+        rows.append(("reconstruction", [rgb_float(to_numpy(recons)[k]) for k in range(n)]))
     rows.append(("heatmap", [heatmap_overlay(images[k], maps[k], 0.0, vmax, alpha) for k in range(n)]))
     fig, axes = _new_axes(None, len(rows), n, figsize=(2.2 * n, 2.3 * len(rows)), squeeze=False)
     for r, (name, panels) in enumerate(rows):

@@ -1,4 +1,4 @@
-"""Figures and the interactive gallery of colab_utils.viz, on small synthetic EvalResults (64 px, 6 images)."""
+"""Static figures of colab_utils.viz, on small synthetic EvalResults (64 px, 6 images)."""
 
 from __future__ import annotations
 
@@ -16,68 +16,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
+from synthetic import SIZE, make_result  # noqa: E402
 
 from colab_utils import viz  # noqa: E402
 from colab_utils.evaluate import EvalResult  # noqa: E402
-
-SIZE = 64
-
-
-def _disc(cy: int, cx: int, r: int) -> np.ndarray:
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-
-
-def _blob(cy: int, cx: int, sigma: float) -> np.ndarray:
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * sigma**2)).astype(np.float32)
-
-
-def make_result(category: str, defect_types: list[str], channels: int, with_recons: bool, seed: int) -> EvalResult:
-    """6 test images: 3 good, 3 defective. Defects are discs with a matching Gaussian bump in the map.
-
-    Good image 2 carries a strong spurious bump (a false positive); the last defective image a weak one
-    (a false negative at image_default = 2.0).
-    """
-    rng = np.random.default_rng(seed)
-    n = len(defect_types)
-    labels = np.array([t != "good" for t in defect_types], dtype=np.int64)
-    images = rng.integers(40, 200, (n, channels, SIZE, SIZE), dtype=np.uint8)
-    maps = rng.normal(0.0, 0.2, (n, SIZE, SIZE)).astype(np.float32)
-    masks = np.zeros((n, SIZE, SIZE), np.uint8)
-    strengths = {0: 0.5, 1: 0.8, 2: 3.0, 3: 5.0, 4: 4.0, 5: 1.2}
-    for i in range(n):
-        cy, cx = 16 + 6 * i, 48 - 5 * i
-        maps[i] += strengths[i] * _blob(cy, cx, 5.0)
-        if labels[i]:
-            masks[i][_disc(cy, cx, 7)] = 1
-    scores = maps.max(axis=(1, 2)).astype(np.float32)
-    recons = None
-    if with_recons:
-        recons = np.clip(images.astype(np.int16) + rng.integers(-10, 10, images.shape), 0, 255).astype(np.uint8)
-    per_defect = {t: 0.5 + 0.1 * k for k, t in enumerate(sorted({t for t in defect_types if t != "good"}))}
-    return EvalResult(
-        category=category,
-        images=images,
-        recons=recons,
-        maps=maps,
-        masks=masks,
-        labels=labels,
-        scores=scores,
-        defect_types=list(defect_types),
-        paths=[f"{category}/test/{t}/{i:03d}.png" for i, t in enumerate(defect_types)],
-        metrics={
-            "image_auroc": 0.889,
-            "pixel_auroc": 0.95,
-            "au_pro": 0.8,
-            "image_f1_max": 0.857,
-            "pixel_f1_max": 0.6,
-            "pixel_ap": 0.55,
-            "per_defect_image_auroc": per_defect,
-        },
-        thresholds={"image_default": 2.0, "image_f1_optimal": 1.1, "pixel_default": 1.0, "pixel_f1_optimal": 1.5},
-        config={"mode": "unet" if with_recons else "feature"},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -334,80 +276,6 @@ def test_save_gallery_html_rows(alpha, beta, tmp_path):
     text = viz.save_gallery_html(beta, tmp_path / "b.html", n=3, panel_size=64).read_text()
     rows = re.findall(r"<tr class='item'>(.*?)</tr>", text)
     assert len(rows) == 3 and all(r.count("<img") == 4 for r in rows)
-
-
-# ------------------------------------------------------------------------------------ interactive gallery
-@pytest.fixture()
-def gallery(alpha, beta):
-    return viz.build_gallery({"alpha": alpha, "beta": beta}, panel_size=64)
-
-
-def test_gallery_initial_state(gallery, alpha):
-    import ipywidgets as w
-
-    assert isinstance(gallery.widget, w.Box)
-    assert gallery.current_category == "alpha" and gallery.current_index == 0
-    assert gallery.filtered_indices == list(range(6))
-    assert gallery.threshold.value == pytest.approx(alpha.thresholds["pixel_default"])
-    assert gallery.current_pred_mask.dtype == np.bool_ and gallery.current_pred_mask.shape == (SIZE, SIZE)
-    assert gallery.image.value[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "DEFECT" in gallery.caption.value or "OK" in gallery.caption.value
-    assert gallery.current_panels.shape[1] == 5 * 64 + 4 * 6  # five panels with gaps
-
-
-def test_gallery_threshold_changes_mask(gallery):
-    gallery.index.value = 3  # a defective image
-    before = gallery.current_pred_mask.copy()
-    gallery.threshold.value = 3.0
-    after = gallery.current_pred_mask
-    assert after.sum() < before.sum() and not (after & ~before).any()  # a strict subset
-    png = gallery.image.value
-    gallery.opacity.value = 0.9
-    assert gallery.image.value != png
-
-
-def test_gallery_category_switch(gallery, beta):
-    first_png, renders = gallery.image.value, gallery.n_renders
-    gallery.threshold.value = 2.5
-    gallery.category.value = "beta"
-    assert gallery.n_renders == renders + 2  # the threshold move, then exactly one render for the switch
-    assert gallery.current_category == "beta"
-    assert list(gallery.defect_type.options) == ["all", "good", "dent", "scratch"]
-    assert gallery.threshold.value == pytest.approx(beta.thresholds["pixel_default"])
-    assert gallery.image.value != first_png
-    assert "beta/test/good/000.png" in gallery.caption.value
-    # feature mode: the reconstruction panel is the gray note panel
-    recon_panel = gallery.current_panels[20 + 5 : 20 + 60, 64 + 6 + 2 : 2 * 64 + 6 - 2]
-    assert np.median(recon_panel.reshape(-1, 3), axis=0).tolist() == [60, 60, 60]
-
-
-def test_gallery_sort_and_filter(gallery, alpha):
-    gallery.sort.value = "worst false positives"
-    good = [i for i in range(6) if alpha.labels[i] == 0]
-    assert sorted(gallery.filtered_indices) == good
-    assert [alpha.scores[i] for i in gallery.filtered_indices] == sorted(alpha.scores[good], reverse=True)
-    assert gallery.current_index == gallery.filtered_indices[0] == 2
-    gallery.sort.value = "worst false negatives"
-    assert gallery.filtered_indices[0] == 5
-    gallery.sort.value = "score (high first)"
-    assert gallery.filtered_indices == list(np.argsort(-alpha.scores, kind="stable"))
-    gallery.sort.value = "file order"
-    gallery.defect_type.value = "crack"
-    assert gallery.filtered_indices == [3, 4]
-    assert gallery.index.max == 1
-    gallery.next_button.click()
-    assert gallery.current_index == 4 and "crack" in gallery.caption.value
-    gallery.next_button.click()  # clamped at the end
-    assert gallery.current_index == 4
-    gallery.sort.value = "worst false positives"  # no good image is a crack: nothing matches, no crash
-    assert gallery.filtered_indices == [] and gallery.current_index is None
-    assert "no images match" in gallery.caption.value
-
-
-def test_gallery_reset_threshold(gallery, alpha):
-    gallery.threshold.value = 2.5
-    gallery.reset_button.click()
-    assert gallery.threshold.value == pytest.approx(alpha.thresholds["pixel_default"])
 
 
 def test_live_history_redraws_on_each_epoch():

@@ -1,0 +1,118 @@
+"""The interactive gallery of colab_utils.gallery, driven through its callbacks on synthetic EvalResults
+(the same gallery in a real browser: tests/test_gallery_browser.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from synthetic import SIZE, make_result
+
+from colab_utils import gallery as gallery_module
+from colab_utils.evaluate import EvalResult
+
+
+@pytest.fixture(scope="module")
+def alpha() -> EvalResult:
+    """Grayscale U-Net result (with reconstructions)."""
+    return make_result("alpha", ["good", "good", "good", "crack", "crack", "hole"], 1, True, 0)
+
+
+@pytest.fixture(scope="module")
+def beta() -> EvalResult:
+    """RGB feature-mode result (recons=None)."""
+    return make_result("beta", ["good", "good", "good", "scratch", "dent", "dent"], 3, False, 1)
+
+
+@pytest.fixture()
+def gallery(alpha, beta):
+    return gallery_module.build_gallery({"alpha": alpha, "beta": beta}, panel_size=64)
+
+
+def test_gallery_initial_state(gallery, alpha):
+    import ipywidgets as w
+
+    assert isinstance(gallery.widget, w.Box)
+    assert gallery.current_category == "alpha" and gallery.current_index == 0
+    assert gallery.filtered_indices == list(range(6))
+    assert gallery.threshold.value == pytest.approx(alpha.thresholds["pixel_default"])
+    assert gallery.current_pred_mask.dtype == np.bool_ and gallery.current_pred_mask.shape == (SIZE, SIZE)
+    assert gallery.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "DEFECT" in gallery.caption.value or "OK" in gallery.caption.value
+    assert gallery.current_panels.shape[1] == 5 * 64 + 4 * 6  # five panels with gaps
+
+
+def test_gallery_threshold_changes_mask(gallery):
+    gallery.index.value = 3  # a defective image
+    before = gallery.current_pred_mask.copy()
+    gallery.threshold.value = 3.0
+    after = gallery.current_pred_mask
+    assert after.sum() < before.sum() and not (after & ~before).any()  # a strict subset
+    png = gallery.image.value
+    gallery.opacity.value = 0.9
+    assert gallery.image.value != png
+
+
+def test_gallery_category_switch(gallery, beta):
+    first_png, renders = gallery.image.value, gallery.n_renders
+    gallery.threshold.value = 2.5
+    gallery.category.value = "beta"
+    assert gallery.n_renders == renders + 2  # the threshold move, then exactly one render for the switch
+    assert gallery.current_category == "beta"
+    assert list(gallery.defect_type.options) == ["all", "good", "dent", "scratch"]
+    assert gallery.threshold.value == pytest.approx(beta.thresholds["pixel_default"])
+    assert gallery.image.value != first_png
+    assert "beta/test/good/000.png" in gallery.caption.value
+    # feature mode: the reconstruction panel is the gray note panel
+    recon_panel = gallery.current_panels[20 + 5 : 20 + 60, 64 + 6 + 2 : 2 * 64 + 6 - 2]
+    assert np.median(recon_panel.reshape(-1, 3), axis=0).tolist() == [60, 60, 60]
+
+
+def test_gallery_sort_and_filter(gallery, alpha):
+    gallery.sort.value = "worst false positives"
+    good = [i for i in range(6) if alpha.labels[i] == 0]
+    assert sorted(gallery.filtered_indices) == good
+    assert [alpha.scores[i] for i in gallery.filtered_indices] == sorted(alpha.scores[good], reverse=True)
+    assert gallery.current_index == gallery.filtered_indices[0] == 2
+    gallery.sort.value = "worst false negatives"
+    assert gallery.filtered_indices[0] == 5
+    gallery.sort.value = "score (high first)"
+    assert gallery.filtered_indices == list(np.argsort(-alpha.scores, kind="stable"))
+    gallery.sort.value = "file order"
+    gallery.defect_type.value = "crack"
+    assert gallery.filtered_indices == [3, 4]
+    assert gallery.index.max == 1
+    gallery.next_button.click()
+    assert gallery.current_index == 4 and "crack" in gallery.caption.value
+    gallery.next_button.click()  # clamped at the end
+    assert gallery.current_index == 4
+    gallery.sort.value = "worst false positives"  # no good image is a crack: nothing matches, no crash
+    assert gallery.filtered_indices == [] and gallery.current_index is None
+    assert "no images match" in gallery.caption.value
+
+
+def test_gallery_reset_threshold(gallery, alpha):
+    gallery.threshold.value = 2.5
+    gallery.reset_button.click()
+    assert gallery.threshold.value == pytest.approx(alpha.thresholds["pixel_default"])
+
+
+
+
+def test_display_bundle_carries_the_first_rows_as_a_picture(gallery, alpha, beta):
+    """Live front ends show the widget view; static viewers fall back to the PNG of the first rows."""
+    from colab_utils.panels import gallery_sheet
+
+    bundle = gallery._repr_mimebundle_()
+    data = bundle[0] if isinstance(bundle, tuple) else bundle
+    view = data["application/vnd.jupyter.widget-view+json"]
+    assert view["model_id"] == gallery.widget.model_id
+    picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(data["image/png"]))).convert("RGB"))
+    first = gallery_sheet(alpha, n=gallery_module.SNAPSHOT_ROWS, panel_size=160)
+    second = gallery_sheet(beta, n=gallery_module.SNAPSHOT_ROWS, panel_size=160)
+    assert picture.shape[0] == first.shape[0] + second.shape[0] + 2 * 12  # one block per category
+    assert np.array_equal(picture[: first.shape[0], : first.shape[1]], first)  # the category shown first on top
+    assert "alpha" in data["text/plain"] and "beta" in data["text/plain"]
