@@ -133,6 +133,7 @@ def _differs(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def test_gallery_in_jupyterlab_with_headless_chromium(browser_tools, offline_torch_home, tmp_path):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     started = time.time()
@@ -196,12 +197,16 @@ def test_gallery_in_jupyterlab_with_headless_chromium(browser_tools, offline_tor
                 """Do ``action``, wait until the gallery shows a new picture, save and return its screenshot."""
                 before = picture.get_attribute("src")
                 action()
-                page.wait_for_function(
-                    "old => { const i = document.querySelector('.jp-OutputArea img.widget-image');"
-                    " return i.src !== old && i.complete && i.naturalWidth > 0; }",
-                    arg=before,
-                    timeout=60_000,
-                )
+                try:
+                    page.wait_for_function(
+                        "old => { const i = document.querySelector('.jp-OutputArea img.widget-image');"
+                        " return i.src !== old && i.complete && i.naturalWidth > 0; }",
+                        arg=before,
+                        timeout=30_000,
+                    )
+                except PlaywrightTimeout:
+                    page.screenshot(path=str(SCREENSHOTS / f"{name}_FAILED.png"), full_page=True)
+                    pytest.fail(f"{name}: the gallery showed no new picture within 30 s of the control change")
                 page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
                 return _pixels(picture.screenshot(path=str(SCREENSHOTS / f"{name}_gallery.png")))
 
