@@ -21,7 +21,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 SHARED_WEIGHTS ?= ../shared/weights
 WEIGHTS_FILE   := mobilenet_v2-b0353104.pth
 
-## Run the main job: the four notebooks, headless, on MVTEC_ROOT if set, else on the built-in sample.
+## Run the main job: the five notebooks, headless, on MVTEC_ROOT if set, else on the built-in sample.
 demo: $(STAMP)
 	@if [ -z "$$TORCH_HOME" ] && [ -f "$(SHARED_WEIGHTS)/$(WEIGHTS_FILE)" ]; then \
 	  mkdir -p outputs/torch_home/hub/checkpoints; \

@@ -4,6 +4,7 @@
                                    [--mode memory_bank|feature|unet] [--profile auto|cpu|gpu|smoke]
     python -m colab_utils evaluate --data-root DIR --category bottle --out RUNS [--export npy|png16] [--profile ...]
     python -m colab_utils summary  --out RUNS
+    python -m colab_utils predict  --run RUNS/bottle --images DIR_OR_GLOB --out DIR [--batch-size 16]
     python -m colab_utils make-sample DIR
     python -m colab_utils download DEST [--categories bottle screw] [--archive FILE | --url URL | --drive-id ID]
     python -m colab_utils demo     --out outputs [--profile auto|cpu|gpu|smoke]
@@ -79,6 +80,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             continue
         result = fit(cfg, args.data_root, run_dir, device=device)
         print(f"{category}: {result.status} in {result.seconds:.0f} s, {describe_fit(result)} -> {result.best_path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .env import get_device
+    from .inspector import Inspector
+
+    inspector = Inspector.load(args.run, get_device(args.device))
+    print(f"run {args.run}: {inspector.category}, {inspector.config.mode} mode; image threshold "
+          f"{inspector.image_threshold:.4g}, pixel threshold {inspector.pixel_threshold:.4g}")  # fmt: skip
+    report = inspector.predict(args.images, out=args.out, batch_size=args.batch_size)
+    print(report.summary())
+    if not report.predictions:
+        print(f"error: none of the {len(report.skipped)} files could be read (see the messages above)", file=sys.stderr)
+        return 2
+    print(f"verdicts: {report.csv}; overlays and masks: {Path(args.out) / 'overlays'}, {Path(args.out) / 'masks'}")
     return 0
 
 
@@ -169,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", choices=["npy", "png16"], help="also write one anomaly map per test image")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("predict", help="verdicts, heatmap overlays and masks for new, unlabelled images")
+    p.add_argument("--run", required=True, help="a trained run folder, RUNS/<category> (holding best.pt)")
+    p.add_argument("--images", required=True, help="a folder (searched recursively), an image file or a glob")
+    p.add_argument("--out", required=True, help="folder for predictions.csv, overlays/ and masks/")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU when there is one)")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("summary", help="table of every RUNS/*/results.json (markdown + CSV)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_summary)
@@ -187,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None, help="archive URL (default: the official one)")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("demo", help="execute the four notebooks headless into OUT")
+    p = sub.add_parser("demo", help="execute the five notebooks headless into OUT")
     p.add_argument("--out", default="outputs")
     p.add_argument("--profile", default="auto", choices=["auto", "smoke", "cpu", "gpu"])
     p.set_defaults(func=cmd_demo)

@@ -446,6 +446,20 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return im
 
 
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders ``img2`` before ``img10`` (case-insensitive)."""
+    return _natural_key(name)
+
+
+def read_image(path: PathLike, channels: int) -> np.ndarray:
+    """One image file at its own resolution: uint8 (C, H, W) with C = ``channels`` (1: luminance, 3: RGB; gray
+    files are repeated to RGB). 16-bit and float images are scaled to 8 bit as in training. An unreadable file
+    raises :class:`DataError` naming it."""
+    im = _to_8bit(_open(Path(path), "image")).convert("RGB" if channels == 3 else "L")
+    arr = np.asarray(im)
+    return arr.transpose(2, 0, 1).copy() if arr.ndim == 3 else arr[None].copy()
+
+
 def _decode(rec: _Record, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """One record -> image uint8 (C, size, size) and mask uint8 (size, size) in {0, 1}."""
     im = _to_8bit(_open(rec.image, "image"))

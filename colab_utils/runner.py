@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-NOTEBOOKS = ("01_data_exploration", "02_training", "03_evaluation", "04_heatmap_gallery")
+NOTEBOOKS = ("01_data_exploration", "02_training", "03_evaluation", "04_heatmap_gallery", "05_inspect_new_images")
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 #: Categories the demo trains on real data, by profile (the first four MVTec
@@ -215,7 +215,7 @@ def run_notebook(path: Path, params: dict[str, Any], out: Path) -> None:
 
 
 def run_demo(out: str | Path = "outputs", profile: str = "auto", log: Any = print, mode: str | None = None) -> int:
-    """Execute the four notebooks into ``out/notebooks`` (executed .ipynb + .html); returns 0 on success.
+    """Execute the five notebooks into ``out/notebooks`` (executed .ipynb + .html); returns 0 on success.
 
     A failing notebook is reported in a few lines (:class:`NotebookFailed`'s message) and returns 1.
     """

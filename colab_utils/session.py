@@ -294,3 +294,36 @@ def anchor_table() -> dict[str, dict[str, tuple[float | None, float | None]]]:
     from .anchors import ANCHORS
 
     return ANCHORS
+
+
+def images_to_inspect(images: str | Path | None, paths: Folders, category: str, upload: bool = False) -> Any:
+    """What notebook 05 inspects for one category: files uploaded in Colab (``upload=True``: a file picker;
+    they are saved under ``OUTPUTS/uploads/<category>/``), else ``images`` (a folder, a Drive folder, a file or
+    a glob), else the category's test images under the data root (the built-in sample's in ``make demo``)."""
+    if upload and env.in_colab():
+        from google.colab import files  # type: ignore[import-not-found]
+
+        folder = Path(paths.outputs_dir) / "uploads" / category
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in files.upload().items():
+            (folder / Path(name).name).write_bytes(content)
+        return folder
+    if images is not None:
+        return images
+    return Path(paths.data_root) / category / "test"
+
+
+def inspect_all(
+    categories: list[str], images: str | Path | None, paths: Folders, device: torch.device | str, upload: bool = False
+) -> dict[str, Any]:
+    """Inspect new images with every category's trained run (:class:`colab_utils.inspector.Inspector`); the CSV,
+    overlays and masks go next to the run, in ``RUNS/<category>/inspections/``. Prints one summary per category."""
+    from .inspector import Inspector
+
+    reports = {}
+    for category in categories:
+        inspector = Inspector.load(Path(paths.runs_dir) / category, device)
+        source = images_to_inspect(images, paths, category, upload)
+        reports[category] = inspector.predict(source, out=Path(paths.runs_dir) / category / "inspections")
+        print(f"{category}: {reports[category].summary()} -> {reports[category].csv}")
+    return reports

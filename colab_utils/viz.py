@@ -63,6 +63,7 @@ __all__ = [
     "save_gallery_html",
     "save_gallery_png",
     "show_reconstructions",
+    "show_inspections",
     "show_samples",
     "show_worst",
 ]
@@ -865,3 +866,28 @@ def live_history(config: Any, title: str | None = None) -> LiveHistory | None:
     live = LiveHistory(title=title)
     display(live.widget)
     return live
+
+
+def show_inspections(report: Any, n: int = 8, cols: int = 4, save_path: str | Path | None = None):
+    """The overlays of an :class:`~colab_utils.inspector.InspectionReport`, most suspicious first (highest
+    ``score - threshold``), each titled with the file name, verdict and score; at most ``n`` images in rows of
+    ``cols``. The overlays are read from the files ``predict(..., out=...)`` wrote. Returns the Figure."""
+    from PIL import Image
+
+    shown = sorted((p for p in report.predictions if p.overlay), key=lambda p: -p.margin)[: max(0, int(n))]
+    if not shown:
+        raise ValueError("no overlays to show: run Inspector.predict(images, out=FOLDER) so that they are written")
+    cols = max(1, min(cols, len(shown)))
+    rows = -(-len(shown) // cols)
+    fig, axes = _new_axes(None, rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, pred in zip(axes.ravel(), shown):
+        with Image.open(pred.overlay) as im:
+            ax.imshow(np.asarray(im.convert("RGB")))
+        colour = "#c62828" if pred.is_defect else "#1a7f37"
+        ax.set_title(f"{Path(pred.path).name}\n{pred.verdict}  {pred.score:.3g} / {pred.threshold:.3g}",
+                     fontsize=9, color=colour)  # fmt: skip
+    fig.suptitle(report.summary(), fontsize=10)
+    fig.tight_layout()
+    return _finish(fig, save_path)

@@ -55,6 +55,10 @@ def _check_products(executed, out: Path, category: str) -> None:
         o for c in executed["04_heatmap_gallery"].cells if c.cell_type == "code" for o in c.get("outputs", [])
     ]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in gallery_outputs)
+    # 05 inspected the category's test images with the run: one CSV row per image, overlays shown
+    rows = (run / "inspections" / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("path,score,threshold,margin,verdict") and len(rows) - 1 == results["n_images"]
+    assert _images_in(executed["05_inspect_new_images"]) >= 1
 
 
 def test_notebooks_on_builtin_sample(sample_root, offline_torch_home, tmp_path):

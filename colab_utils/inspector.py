@@ -1,0 +1,368 @@
+"""Inspect new, unlabelled images with a trained run: a verdict, a heatmap and a defect mask per image.
+
+    report = Inspector.load("runs/bottle").predict("new_photos/", out="inspections/bottle")
+    print(report.summary())            # "12 images: 9 OK, 3 DEFECT (image threshold 2.91)"
+
+:meth:`Inspector.predict` reads PNG, JPEG, BMP and TIFF files of any size, gray or RGB (converted to the
+channel count the model was trained on, as in training: gray repeated to RGB, RGB to luminance), resizes each
+to the model's square input, and maps the anomaly map back to the file's own resolution, so the heatmap
+overlay and the predicted mask lie on the original photo. Verdicts use the run's default thresholds, which
+came from good training images only: ``DEFECT`` when ``score >= image threshold``; the mask is
+``map >= pixel threshold``. An unreadable file is reported and skipped; the rest are still predicted.
+
+With ``out``: ``predictions.csv`` (written atomically), ``overlays/<name>.png`` and ``masks/<name>.png``
+(0/255, the source size). The same call backs ``python -m colab_utils predict`` and notebook 05.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import IMAGE_EXTENSIONS, DataError, natural_key, read_image
+
+__all__ = ["CSV_COLUMNS", "InspectionReport", "Inspector", "Prediction", "find_images"]
+
+CSV_COLUMNS = ("path", "score", "threshold", "margin", "verdict", "defect_area_percent", "width", "height",
+               "overlay", "mask")  # fmt: skip
+
+
+@dataclass
+class Prediction:
+    """The verdict on one image.
+
+    ``score``: the image score; ``threshold``: the run's default image threshold; ``margin = score - threshold``
+    (>= 0 means DEFECT, in score units); ``defect_area_percent``: share of the image's pixels in the predicted
+    mask, in [0, 100]; ``width``, ``height``: the source image's size; ``overlay``/``mask``: written files or "".
+    ``anomaly_map``: float32 (height, width) at the source resolution, kept only with ``keep_maps=True``.
+    """
+
+    path: str
+    score: float
+    threshold: float
+    verdict: str
+    defect_area_percent: float
+    width: int
+    height: int
+    overlay: str = ""
+    mask: str = ""
+    anomaly_map: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def margin(self) -> float:
+        return self.score - self.threshold
+
+    @property
+    def is_defect(self) -> bool:
+        return self.verdict == "DEFECT"
+
+    def row(self) -> dict[str, Any]:
+        values = {k: getattr(self, k) for k in CSV_COLUMNS}
+        for k in ("score", "threshold", "margin"):
+            values[k] = f"{values[k]:.6g}"
+        values["defect_area_percent"] = f"{self.defect_area_percent:.3f}"
+        return values
+
+
+@dataclass
+class InspectionReport:
+    """What :meth:`Inspector.predict` did: ``predictions`` (input order), ``skipped`` ([(path, reason)]),
+    the thresholds used, and ``csv`` (the written file, or None)."""
+
+    predictions: list[Prediction]
+    skipped: list[tuple[str, str]]
+    image_threshold: float
+    pixel_threshold: float
+    csv: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def n_defect(self) -> int:
+        return sum(p.is_defect for p in self.predictions)
+
+    @property
+    def n_ok(self) -> int:
+        return len(self.predictions) - self.n_defect
+
+    def summary(self) -> str:
+        """One line: counts of OK and DEFECT, skipped files, the thresholds and the speed."""
+        n = len(self.predictions)
+        line = f"{n} image{'s' if n != 1 else ''}: {self.n_ok} OK, {self.n_defect} DEFECT"
+        if self.skipped:
+            line += f"; {len(self.skipped)} unreadable file{'s' if len(self.skipped) != 1 else ''} skipped"
+        line += f" (image threshold {self.image_threshold:.4g}, pixel threshold {self.pixel_threshold:.4g}"
+        if self.seconds > 0 and n:
+            line += f", {n / self.seconds:.1f} images/s"
+        return line + ")"
+
+
+def find_images(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """The image files named by ``source``: a folder (searched recursively, hidden entries skipped), a glob
+    pattern (``**`` allowed), one file, or a list of any of these; natural name order, no duplicates.
+
+    Raises :class:`~colab_utils.data.DataError` when nothing matches, naming what was searched.
+    """
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    found: list[Path] = []
+    for item in items:
+        text = os.path.expanduser(str(item))
+        path = Path(text)
+        if path.is_dir():
+            found += sorted(
+                (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(path).parts)),
+                key=lambda p: natural_key(str(p.relative_to(path))),
+            )  # fmt: skip
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(text):
+            found += sorted(
+                (Path(p) for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS),
+                key=lambda p: natural_key(str(p)),
+            )
+        elif not path.exists():
+            raise DataError(f"{text} does not exist; pass a folder of images, an image file or a glob pattern")
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise DataError(
+            f"no images found in {', '.join(str(i) for i in items)}; put {'/'.join(IMAGE_EXTENSIONS)} files there, "
+            "or pass a glob pattern such as 'photos/**/*.jpg'"
+        )
+    return unique
+
+
+class Inspector:
+    """A trained run, loaded for inference on new images.
+
+    Build it with :meth:`load`. ``image_threshold`` and ``pixel_threshold`` are the run's default thresholds
+    (from good images only); change them on the instance to trade false alarms against missed defects.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: Any, calibration: dict[str, Any], device: Any, source: str):
+        from .scoring import MapNormalizer, PositionStats
+
+        self.model, self.config, self.device, self.source = model, config, torch.device(device), source
+        self.normalizer = MapNormalizer.from_dict(calibration["normalizer"])
+        self.position = PositionStats.from_calibration(calibration)
+        self.image_threshold = float(calibration["image_threshold"])
+        self.pixel_threshold = float(calibration["pixel_threshold"])
+        self.calibration_source = calibration.get("source", "held_out")
+
+    @classmethod
+    def load(cls, run: str | os.PathLike, device: Any = None) -> Inspector:
+        """From a run folder (``RUNS/<category>``, holding ``best.pt``) or a checkpoint file.
+
+        ``device``: default the GPU when there is one (:func:`colab_utils.env.get_device`). Raises
+        ``FileNotFoundError`` for a missing run or an unfinished one (no ``best.pt``), and ``ValueError`` for
+        a checkpoint without calibration; each message says how to fix it.
+        """
+        from .env import get_device
+        from .train import BEST, LAST, load_trained
+
+        path = Path(run).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"run {path} does not exist; pass the folder that training wrote (RUNS/<category>, holding {BEST}), "
+                "e.g. train one with: python -m colab_utils train --data-root DATA --category bottle --out RUNS"
+            )
+        ckpt_file = path / BEST if path.is_dir() else path
+        if not ckpt_file.is_file():
+            unfinished = (path / LAST).is_file()
+            raise FileNotFoundError(
+                f"run {path} has no finished model ({BEST} is missing"
+                + (f"; {LAST} shows training started but did not finish" if unfinished else "")
+                + "). Finish training first: run the same `python -m colab_utils train` command (or notebook 02) "
+                "again; it resumes where it stopped"
+            )
+        device = get_device() if device is None else device
+        model, config, state = load_trained(ckpt_file, device)
+        calibration = state.get("calibration") or {}
+        if not calibration:
+            raise ValueError(
+                f"{ckpt_file} holds a model but no thresholds (its calibration is missing); rerun the training "
+                "command for this run: it calibrates from good images and rewrites the file"
+            )
+        return cls(model, config, calibration, device, str(ckpt_file))
+
+    @property
+    def category(self) -> str:
+        return self.config.category
+
+    # --------------------------------------------------------------------------------------- arrays
+    @torch.no_grad()
+    def score_batch(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and maps of images already at the model's input size.
+
+        images: uint8 (B, C, S, S) with C = ``config.channels`` and S = ``config.image_size``, or float in [0, 1].
+        Returns (scores float32 (B,), normalised maps float32 (B, S, S)), as :func:`colab_utils.evaluate.evaluate`
+        computes them. A wrong channel count or size raises ``ValueError`` naming the expected shape.
+        """
+        from .scoring import predict
+
+        x = torch.as_tensor(images)
+        c, s = self.config.channels, self.config.image_size
+        if x.dim() != 4 or x.shape[1] != c or tuple(x.shape[-2:]) != (s, s):
+            raise ValueError(
+                f"this model was trained on {c}-channel {s}x{s} images ({'RGB' if c == 3 else 'gray'}); got a batch "
+                f"of shape {tuple(x.shape)}. Pass (B, {c}, {s}, {s}), or pass image files to predict(), which "
+                "converts and resizes them"
+            )
+        if x.dtype != torch.uint8:
+            x = (x.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+        out = predict(self.model, x, self.config, self.device, self.normalizer, len(x), keep_recons=False,
+                      position=self.position)  # fmt: skip
+        return out["scores"].astype(np.float32), out["maps"].astype(np.float32)
+
+    # ---------------------------------------------------------------------------------------- files
+    def predict(
+        self,
+        images: str | os.PathLike | Iterable[str | os.PathLike],
+        out: str | os.PathLike | None = None,
+        batch_size: int = 16,
+        progress: bool = True,
+        keep_maps: bool = False,
+        log: Any = print,
+        alpha: float = 0.5,
+    ) -> InspectionReport:
+        """Verdicts, heatmaps and masks for image files (see the module docstring).
+
+        images: a folder (recursive), a glob pattern, a file, or a list of them. out: folder for
+        ``predictions.csv``, ``overlays/`` and ``masks/`` (None: nothing written). keep_maps: keep each
+        source-resolution anomaly map on its :class:`Prediction`. log: where skipped files are reported.
+        """
+        import time
+
+        from tqdm.auto import tqdm
+
+        files = find_images(images)
+        out_dir = Path(out).expanduser() if out is not None else None
+        if out_dir is not None:
+            (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+            (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+        names = _output_names(files)
+        predictions: list[Prediction] = []
+        skipped: list[tuple[str, str]] = []
+        started = time.perf_counter()
+        bar = tqdm(total=len(files), desc=f"inspect {self.category}", unit="img", disable=not progress)
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            loaded = []
+            for k, path in enumerate(chunk):
+                try:
+                    loaded.append((start + k, path, read_image(path, self.config.channels)))
+                except DataError as exc:
+                    skipped.append((str(path), str(exc)))
+                    log(f"skipped {path}: {exc}")
+            if loaded:
+                batch = np.stack([_resize(img, self.config.image_size) for _, _, img in loaded])
+                scores, maps = self.score_batch(batch)
+                for (i, path, img), score, amap in zip(loaded, scores, maps):
+                    predictions.append(self._one(path, img, float(score), amap, out_dir, names[i], keep_maps, alpha))
+            bar.update(len(chunk))
+        bar.close()
+        report = InspectionReport(predictions, skipped, self.image_threshold, self.pixel_threshold,
+                                  seconds=time.perf_counter() - started)  # fmt: skip
+        if out_dir is not None:
+            report.csv = write_predictions_csv(report.predictions, out_dir / "predictions.csv")
+        return report
+
+    def _one(self, path: Path, img: np.ndarray, score: float, amap: np.ndarray, out_dir: Path | None, name: str,
+             keep_map: bool, alpha: float) -> Prediction:  # fmt: skip
+        from PIL import Image
+
+        height, width = img.shape[-2:]
+        full = np.asarray(Image.fromarray(amap, mode="F").resize((width, height), Image.Resampling.BILINEAR))
+        mask = full >= self.pixel_threshold
+        verdict = "DEFECT" if score >= self.image_threshold else "OK"
+        pred = Prediction(str(path), score, self.image_threshold, verdict, 100.0 * float(mask.mean()), width, height,
+                          anomaly_map=full if keep_map else None)  # fmt: skip
+        if out_dir is not None:
+            pred.overlay = str(out_dir / "overlays" / f"{name}.png")
+            pred.mask = str(out_dir / "masks" / f"{name}.png")
+            _write_png(overlay_picture(img, full, mask, self.pixel_threshold, pred, alpha), pred.overlay)
+            _write_png(mask.astype(np.uint8) * 255, pred.mask)
+        return pred
+
+
+def overlay_picture(
+    image: np.ndarray, amap: np.ndarray, mask: np.ndarray, pixel_threshold: float, pred: Prediction, alpha: float = 0.5
+) -> np.ndarray:
+    """The heatmap over the photo at its own size, the predicted mask's outline in white, and a verdict line.
+
+    image uint8 (C, H, W); amap float (H, W) normalised; mask bool (H, W). Colour scale: 0 (a typical good pixel)
+    to twice the pixel threshold, so the threshold sits mid-bar. Returns uint8 (H, W, 3).
+    """
+    from PIL import Image, ImageDraw
+
+    from .panels import heatmap_overlay, pil_font, to_u8
+
+    vmax = 2.0 * pixel_threshold if pixel_threshold > 0 else max(float(amap.max()), 1e-6)
+    rgb = to_u8(heatmap_overlay(image, amap, 0.0, vmax, alpha))
+    inner = mask.copy()
+    inner[1:, :] &= mask[:-1, :]
+    inner[:-1, :] &= mask[1:, :]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    rgb[mask & ~inner] = 255
+    picture = Image.fromarray(rgb)
+    size = max(10, min(picture.size) // 20)
+    text = f"{pred.verdict}  score {pred.score:.3g} / {pred.threshold:.3g}"
+    draw = ImageDraw.Draw(picture)
+    font = pil_font(size)
+    box = draw.textbbox((4, 4), text, font=font)
+    draw.rectangle((0, 0, box[2] + 4, box[3] + 4), fill=(200, 30, 30) if pred.is_defect else (30, 130, 60))
+    draw.text((4, 4), text, fill=(255, 255, 255), font=font)
+    return np.asarray(picture)
+
+
+def write_predictions_csv(predictions: Sequence[Prediction], path: str | os.PathLike) -> Path:
+    """``predictions.csv`` with :data:`CSV_COLUMNS`, written atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for p in predictions:
+        writer.writerow(p.row())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (C, H, W) -> (C, size, size), resized as in training (:mod:`colab_utils.data`: Lanczos)."""
+    from PIL import Image
+
+    if img.shape[-2:] == (size, size):
+        return img
+    im = Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
+    arr = np.asarray(im.resize((size, size), Image.Resampling.LANCZOS))
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _write_png(array: np.ndarray, path: str) -> None:
+    from PIL import Image
+
+    tmp = f"{path}.tmp"
+    Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
+    os.replace(tmp, path)
+
+
+def _output_names(files: Sequence[Path]) -> list[str]:
+    """A unique output name per input file: its file name, with ``-2``, ``-3`` ... on a clash."""
+    seen: dict[str, int] = {}
+    names = []
+    for f in files:
+        base = f.name
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{f.stem}-{seen[base]}{f.suffix}")
+    return names
