@@ -3,6 +3,7 @@
     python -m colab_utils train    --data-root DIR --category bottle [--category screw ...] --out RUNS
                                    [--mode memory_bank|feature|unet] [--profile auto|cpu|gpu|smoke]
     python -m colab_utils evaluate --data-root DIR --category bottle --out RUNS [--export npy|png16] [--profile ...]
+    python -m colab_utils export   --run RUNS/bottle --format onnx [--out DIR]
     python -m colab_utils summary  --out RUNS
     python -m colab_utils predict  --run RUNS/bottle --images DIR_OR_GLOB --out DIR [--batch-size 16]
     python -m colab_utils make-sample DIR
@@ -96,6 +97,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"error: none of the {len(report.skipped)} files could be read (see the messages above)", file=sys.stderr)
         return 2
     print(f"verdicts: {report.csv}; overlays and masks: {Path(args.out) / 'overlays'}, {Path(args.out) / 'masks'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    onnx_path, sidecar = export_onnx(args.run, args.out, opset=args.opset)
+    print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB: images (B,C,H,W) in [0,1] -> anomaly_map, "
+          f"image_score) and {sidecar} (thresholds, preprocessing)")  # fmt: skip
     return 0
 
 
@@ -193,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU when there is one)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write the run as one ONNX graph (images -> anomaly map, image score)")
+    p.add_argument("--run", required=True, help="a trained run folder, RUNS/<category> (holding best.pt)")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", default=None, help="folder for model.onnx and model.json (default: the run folder)")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("summary", help="table of every RUNS/*/results.json (markdown + CSV)")
     p.add_argument("--out", required=True)

@@ -11,7 +11,7 @@ came from good training images only: ``DEFECT`` when ``score >= image threshold`
 ``map >= pixel threshold``. An unreadable file is reported and skipped; the rest are still predicted.
 
 With ``out``: ``predictions.csv`` (written atomically), ``overlays/<name>.png`` and ``masks/<name>.png``
-(0/255, the source size). The same call backs ``python -m colab_utils predict`` and notebook 05.
+(0/255, the source size), named by each file's path below the inputs' common folder. The same call backs ``python -m colab_utils predict`` and notebook 05.
 """
 
 from __future__ import annotations
@@ -283,11 +283,13 @@ class Inspector:
         full = np.asarray(Image.fromarray(amap, mode="F").resize((width, height), Image.Resampling.BILINEAR))
         mask = full >= self.pixel_threshold
         verdict = "DEFECT" if score >= self.image_threshold else "OK"
-        pred = Prediction(str(path), score, self.image_threshold, verdict, 100.0 * float(mask.mean()), width, height,
+        pred = Prediction(str(path.resolve()), score, self.image_threshold, verdict, 100.0 * float(mask.mean()), width, height,
                           anomaly_map=full if keep_map else None)  # fmt: skip
         if out_dir is not None:
             pred.overlay = str(out_dir / "overlays" / f"{name}.png")
             pred.mask = str(out_dir / "masks" / f"{name}.png")
+            Path(pred.overlay).parent.mkdir(parents=True, exist_ok=True)
+            Path(pred.mask).parent.mkdir(parents=True, exist_ok=True)
             _write_png(overlay_picture(img, full, mask, self.pixel_threshold, pred, alpha), pred.overlay)
             _write_png(mask.astype(np.uint8) * 255, pred.mask)
         return pred
@@ -358,11 +360,14 @@ def _write_png(array: np.ndarray, path: str) -> None:
 
 
 def _output_names(files: Sequence[Path]) -> list[str]:
-    """A unique output name per input file: its file name, with ``-2``, ``-3`` ... on a clash."""
+    """A unique output name per input file: its path below the inputs' common folder, ending in ``.png``
+    (``test/crack/000.png`` -> ``crack/000.png``), with ``-2``, ``-3`` ... where two inputs would clash."""
+    parents = [str(f.resolve().parent) for f in files]
+    base = Path(os.path.commonpath(parents)) if parents else Path(".")
     seen: dict[str, int] = {}
     names = []
     for f in files:
-        base = f.name
-        seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{f.stem}-{seen[base]}{f.suffix}")
+        stem = f.resolve().relative_to(base).with_suffix("").as_posix()
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
     return names

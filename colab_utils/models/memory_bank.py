@@ -148,6 +148,7 @@ class MemoryBankModel(nn.Module):
         self.extractor = extractor
         self.reweight_neighbors = int(reweight_neighbors)
         self.search = search
+        self.search_chunk = 4096  # queries per distance-matrix block of the torch search (ONNX export: one block)
         self.register_buffer("bank", torch.zeros(0, extractor.out_channels, dtype=torch.float16))
         self.register_buffer("bank_source", torch.zeros(0, dtype=torch.int32))  # training image of each entry
         self._cache: dict[str, Any] = {}
@@ -200,7 +201,7 @@ class MemoryBankModel(nn.Module):
             return nearest_faiss(queries, self._faiss_index())
         bank, sq = self._bank32()
         if query_source is None:
-            return nearest_torch(queries, bank, sq)
+            return nearest_torch(queries, bank, sq, chunk=self.search_chunk)
         return nearest_torch(queries, bank, sq, query_source=query_source.to(bank.device),
                              bank_source=self.bank_source.to(bank.device))  # fmt: skip
 

@@ -1,0 +1,139 @@
+"""Export a trained run to ONNX: one graph from an image batch to the anomaly map and the image score.
+
+    python -m colab_utils export --run RUNS/bottle --format onnx      # -> RUNS/bottle/model.onnx + model.json
+
+The graph takes ``images``: float32 (B, C, S, S) in [0, 1] (B dynamic; C = ``config.channels``, S =
+``config.image_size``) and returns ``anomaly_map``: float32 (B, S, S), normalised as in the evaluation, and
+``image_score``: float32 (B,). It holds the whole scoring path of :mod:`colab_utils.scoring` for every family:
+the family's raw maps (a memory bank becomes a matrix product and a minimum over the bank inside the graph),
+the Gaussian smoothing, the normalisation from good images and the image score. Verdicts are
+``image_score >= thresholds.image`` and masks ``anomaly_map >= thresholds.pixel``; the sidecar JSON holds those
+thresholds and the preprocessing (resize to S x S with Lanczos, RGB or luminance, divide by 255).
+
+Needs the optional packages ``onnx`` (and ``onnxruntime`` to run or check the file): ``pip install onnx
+onnxruntime``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ScoringGraph", "export_onnx", "run_onnx"]
+
+
+class ScoringGraph(nn.Module):
+    """An :class:`~colab_utils.inspector.Inspector`'s scoring as one module: images (B, C, S, S) in [0, 1] ->
+    (normalised anomaly maps (B, S, S), image scores (B,)), equal to what ``Inspector.score_batch`` returns."""
+
+    def __init__(self, inspector: Any) -> None:
+        super().__init__()
+        self.model = inspector.model
+        self.config = inspector.config
+        self.normalizer = inspector.normalizer
+        self.position = inspector.position
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from .scoring import anomaly_maps, image_scores
+
+        out = anomaly_maps(self.model, images, self.config)
+        maps = self.normalizer(out.maps)
+        if out.scores is not None:
+            scores = out.scores.float()
+        else:
+            scores = image_scores(self.position(out.maps) if self.position is not None else maps, self.config)
+        return maps[:, 0], scores
+
+
+@contextmanager
+def _exportable(model: nn.Module):
+    """Search settings a trace can follow: the torch search in one block (no faiss, no query chunks)."""
+    saved = [(m, m.search, m.search_chunk) for m in model.modules() if hasattr(m, "search_chunk")]
+    for m, _, _ in saved:
+        m.search, m.search_chunk = "torch", 2**31 - 1
+    try:
+        yield
+    finally:
+        for m, search, chunk in saved:
+            m.search, m.search_chunk = search, chunk
+
+
+def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, opset: int = 17) -> tuple[Path, Path]:
+    """Write ``model.onnx`` and its sidecar ``model.json`` (default: into the run folder); returns both paths.
+
+    Files are written to temporary names and renamed, so an interrupted export leaves no half file.
+    """
+    try:
+        import onnx  # noqa: F401 - the exporter needs it
+    except ImportError as exc:
+        raise RuntimeError("ONNX export needs the optional package onnx: pip install onnx onnxruntime") from exc
+    from .checkpoint import file_sha256
+    from .inspector import Inspector
+
+    inspector = Inspector.load(run, "cpu")
+    config = inspector.config
+    folder = Path(out) if out is not None else Path(inspector.source).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_path, side_path = folder / "model.onnx", folder / "model.json"
+    graph = ScoringGraph(inspector).eval()
+    example = torch.rand(2, config.channels, config.image_size, config.image_size)
+    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
+    options = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    with _exportable(inspector.model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant for a fixed input size
+        torch.onnx.export(
+            graph, (example,), str(tmp), input_names=["images"], output_names=["anomaly_map", "image_score"],
+            dynamic_axes={"images": {0: "batch"}, "anomaly_map": {0: "batch"}, "image_score": {0: "batch"}},
+            opset_version=opset, **options,
+        )  # fmt: skip
+    os.replace(tmp, onnx_path)
+    sidecar = {
+        "format": "onnx",
+        "category": config.category,
+        "mode": config.mode,
+        "inputs": {"images": {"shape": ["batch", config.channels, config.image_size, config.image_size],
+                              "dtype": "float32", "range": [0.0, 1.0]}},  # fmt: skip
+        "outputs": {"anomaly_map": {"shape": ["batch", config.image_size, config.image_size], "dtype": "float32"},
+                    "image_score": {"shape": ["batch"], "dtype": "float32"}},  # fmt: skip
+        "preprocessing": {
+            "color": "RGB" if config.channels == 3 else "L (luminance)",
+            "resize": f"to {config.image_size}x{config.image_size} with Lanczos (aspect ratio not kept)",
+            "scale": "uint8 / 255",
+            "layout": "NCHW",
+        },
+        "thresholds": {"image": inspector.image_threshold, "pixel": inspector.pixel_threshold,
+                       "source": inspector.calibration_source},  # fmt: skip
+        "verdict": "DEFECT when image_score >= thresholds.image; defect mask: anomaly_map >= thresholds.pixel",
+        "checkpoint": inspector.source,
+        "checkpoint_sha256": file_sha256(inspector.source),
+        "config": config.to_dict(),
+    }
+    tmp = side_path.with_name(side_path.name + ".tmp")
+    tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+    os.replace(tmp, side_path)
+    return onnx_path, side_path
+
+
+def run_onnx(onnx_path: str | os.PathLike, images: Any, threads: int | None = None) -> tuple[Any, Any]:
+    """Run an exported graph with onnxruntime on the CPU: images float32 (B, C, S, S) in [0, 1] -> (maps, scores)
+    as numpy arrays."""
+    import numpy as np
+
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise RuntimeError("running an ONNX file needs the optional package onnxruntime: pip install onnxruntime") from exc
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    maps, scores = session.run(None, {"images": np.ascontiguousarray(images, dtype=np.float32)})
+    return maps, scores
