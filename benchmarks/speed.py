@@ -3,7 +3,8 @@
     python benchmarks/speed.py [--data-root $MVTEC_ROOT] [--device cpu|cuda] [--threads N]
 
 ``--memory-bank screw`` instead fits the memory bank on that real category and prints its fit time (features,
-coreset, calibration), peak memory, and batched inference throughput with torch and faiss search.
+coreset, calibration), peak memory, batched inference throughput with torch and faiss search, onnxruntime on the
+exported graph, and ``predict`` throughput on the test files (read from disk, overlays written).
 
 Measures, for every mode at 256 px with the default config: inference latency at
 batch 1 and throughput at batch 16; training throughput (images/s) of the
@@ -120,10 +121,12 @@ def metric_suite_seconds() -> float:
 
 def memory_bank_rows(data_root: str, category: str, device: torch.device) -> list[tuple[str, str]]:
     """Fit the memory bank on a real category (features, coreset, leave-one-out calibration), then time batched
-    inference with each search backend on the fitted bank, features included."""
+    inference with each search backend on the fitted bank, features included; onnxruntime on the exported
+    graph (CPU); and ``predict`` on the test image files (read from disk, overlays and masks written)."""
     import tempfile
 
     from colab_utils.data import load_split
+    from colab_utils.inspector import Inspector
     from colab_utils.models.memory_bank import faiss_available
     from colab_utils.train import fit
 
@@ -133,21 +136,56 @@ def memory_bank_rows(data_root: str, category: str, device: torch.device) -> lis
         start = time.perf_counter()
         result = fit(cfg, data_root, tmp, device, progress=False, log=lambda _m: None)
         total = time.perf_counter() - start
-    info = result.fit_info
-    rows.append((f"memory bank fit on {category} ({info['images']} images, {info['patches_seen']:,} patches -> "
-                 f"{info['bank_size']:,}), features / coreset / all incl. calibration",
-                 f"{info['feature_seconds']:.1f} / {info['coreset_seconds']:.1f} / {total:.1f} s"))  # fmt: skip
-    rows.append(("peak memory after the memory bank fit", f"{peak_mb(device):.0f} MB"))
-    test = load_split(data_root, category, "test", cfg.image_size, cfg.channels)
-    batch = test.images[:16].to(device).float().div_(255.0)
-    model = result.model
-    for search in ("torch", "faiss"):
-        if search == "faiss" and (not faiss_available() or device.type != "cpu"):
-            continue
-        model.search = search
-        per_batch = timed(lambda: anomaly_maps(model, batch, cfg), device, 3)
-        rows.append((f"inference memory_bank 256 px, batch 16, {search} search", f"{16 / per_batch:.1f} images/s"))
+        info = result.fit_info
+        rows.append((f"memory bank fit on {category} ({info['images']} images, {info['patches_seen']:,} patches -> "
+                     f"{info['bank_size']:,}), features / coreset / all incl. calibration",
+                     f"{info['feature_seconds']:.1f} / {info['coreset_seconds']:.1f} / {total:.1f} s"))  # fmt: skip
+        rows.append(("peak memory after the memory bank fit", f"{peak_mb(device):.0f} MB"))
+        test = load_split(data_root, category, "test", cfg.image_size, cfg.channels)
+        batch = test.images[:16].to(device).float().div_(255.0)
+        model = result.model
+        bare = {}
+        for search in ("torch", "faiss"):
+            if search == "faiss" and (not faiss_available() or device.type != "cpu"):
+                continue
+            model.search = search
+            per_batch = timed(lambda: anomaly_maps(model, batch, cfg), device, 3)
+            bare[search] = 16 / per_batch
+            rows.append((f"inference memory_bank 256 px, batch 16, {search} search", f"{bare[search]:.1f} images/s"))
+        rows += onnx_rows(tmp, batch.cpu().numpy(), bare["torch"])
+        inspector = Inspector.load(tmp, device)
+        files = test.paths[:64]
+        inspector.predict(files[:16], out=f"{tmp}/warm", progress=False)
+        report = inspector.predict(files, out=f"{tmp}/predict", batch_size=16, progress=False)
+        rate = len(files) / report.seconds
+        rows.append((f"predict: {len(files)} PNG files from disk -> verdicts, overlays and masks written, batch 16",
+                     f"{rate:.1f} images/s ({rate / bare['torch']:.0%} of bare torch inference)"))  # fmt: skip
     return rows
+
+
+def onnx_rows(run_dir: str, batch: np.ndarray, torch_rate: float) -> list[tuple[str, str]]:
+    """Export the run to ONNX and time onnxruntime on the CPU at batch 16, with torch's thread count."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return [("onnxruntime", "not installed (pip install onnx onnxruntime)")]
+    from colab_utils.export import export_onnx
+
+    start = time.perf_counter()
+    onnx_path, _ = export_onnx(run_dir)
+    export_s = time.perf_counter() - start
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    feed = {"images": np.ascontiguousarray(batch, dtype=np.float32)}
+    session.run(None, feed)
+    start = time.perf_counter()
+    for _ in range(3):
+        session.run(None, feed)
+    rate = 3 * len(batch) / (time.perf_counter() - start)
+    return [("ONNX export of the fitted run", f"{export_s:.1f} s, {onnx_path.stat().st_size / 1e6:.1f} MB"),
+            (f"onnxruntime CPU, batch {len(batch)}, {torch.get_num_threads()} threads",
+             f"{rate:.1f} images/s (torch: {torch_rate:.1f})")]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
