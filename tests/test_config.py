@@ -77,3 +77,14 @@ def test_mismatches_ignore_resumable_fields():
     diff = a.mismatches(a.replace(base_width=64))
     assert set(diff) == {"base_width"}
     assert diff["base_width"] == (a.base_width, 64)
+
+
+def test_threshold_percentile_defaults_per_mode_and_is_recorded():
+    from colab_utils.config import THRESHOLD_PERCENTILE
+
+    assert Config(mode="memory_bank").threshold_percentile == THRESHOLD_PERCENTILE["memory_bank"] == 95.0
+    assert Config(mode="unet").threshold_percentile == Config(mode="feature").threshold_percentile == 99.0
+    assert Config(mode="memory_bank", threshold_percentile=99.0).threshold_percentile == 99.0
+    saved = Config(mode="memory_bank").to_dict()
+    assert saved["threshold_percentile"] == 95.0  # resolved in the saved config, not None
+    assert Config.from_dict({**saved, "mode": "unet"}).threshold_percentile == 95.0  # an explicit value is kept
