@@ -327,3 +327,24 @@ def inspect_all(
         reports[category] = inspector.predict(source, out=Path(paths.runs_dir) / category / "inspections")
         print(f"{category}: {reports[category].summary()} -> {reports[category].csv}")
     return reports
+
+
+def operating_rows(evals: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per category: what the default thresholds (from good images only) do on its labelled test set,
+    in %: good images flagged (false-positive rate), defect recall, predicted-mask F1 and IoU, beside the
+    pixel F1-max (the best any single pixel threshold reaches on the test set)."""
+    rows = []
+    for category, result in evals.items():
+        op = result.metrics.get("at_default_thresholds", {})
+        pct = {k: 100.0 * float(op.get(k, float("nan"))) for k in ("good_flagged_rate", "defect_recall", "mask_f1", "mask_iou")}
+        rows.append({
+            "category": category,
+            "image threshold": float(result.thresholds["image_default"]),
+            "good flagged %": pct["good_flagged_rate"],
+            "defect recall %": pct["defect_recall"],
+            "pixel threshold": float(result.thresholds["pixel_default"]),
+            "mask F1 %": pct["mask_f1"],
+            "mask IoU %": pct["mask_iou"],
+            "pixel F1-max %": 100.0 * float(result.metrics.get("pixel_f1_max", float("nan"))),
+        })  # fmt: skip
+    return rows

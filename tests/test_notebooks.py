@@ -55,6 +55,10 @@ def _check_products(executed, out: Path, category: str) -> None:
         o for c in executed["04_heatmap_gallery"].cells if c.cell_type == "code" for o in c.get("outputs", [])
     ]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in gallery_outputs)
+    # 03 reported what the default thresholds do on the test set
+    text = "".join(str(o.get("data", {}).get("text/markdown", "")) for c in executed["03_evaluation"].cells
+                   for o in c.get("outputs", []))  # fmt: skip
+    assert "good flagged %" in text and "defect recall %" in text and "mask F1 %" in text
     # 05 inspected the category's test images with the run: one CSV row per image, overlays shown
     rows = (run / "inspections" / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("path,score,threshold,margin,verdict") and len(rows) - 1 == results["n_images"]
