@@ -141,3 +141,42 @@ def test_bad_inputs_name_the_problem_and_the_fix(bottle_run, tmp_path):
     with pytest.raises(ValueError, match=r"trained on 3-channel .* got a batch of shape \(2, 1,"):
         inspector.score_batch(np.zeros((2, 1, size, size), np.uint8))
     assert cli(["predict", "--run", str(unfinished), "--images", str(empty), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_results_json_reports_the_default_operating_point(bottle_run, mvtec_root, tmp_path):
+    """results.json carries what the default thresholds do, consistent with its own per-image records."""
+    import json
+
+    from colab_utils.evaluate import evaluate
+
+    evaluate(bottle_run, mvtec_root, "bottle", tmp_path, "cpu", 16)
+    data = json.loads((tmp_path / "bottle" / "results.json").read_text())
+    op, records = data["at_default_thresholds"], data["records"]
+    good = [r for r in records if r["label"] == 0]
+    bad = [r for r in records if r["label"] == 1]
+    assert op["good_flagged_rate"] == pytest.approx(sum(r["predicted"] for r in good) / len(good))
+    assert op["defect_recall"] == pytest.approx(sum(r["predicted"] for r in bad) / len(bad))
+    assert 0.0 <= op["mask_f1"] <= 1.0 and 0.0 <= op["mask_iou"] <= op["mask_f1"]
+    assert op["image_threshold"] == data["thresholds"]["image_default"] == pytest.approx(
+        Inspector.load(bottle_run, "cpu").image_threshold
+    )
+    assert data["calibration_source"] == "leave_one_out" and data["config"]["threshold_percentile"] == 95.0
+
+
+def test_notebook_upload_path_saves_the_files_and_inspects_them(bottle_run, mixed_folder, tmp_path, monkeypatch):
+    """In Colab, UPLOAD=True takes files from google.colab.files.upload() (faked here) into OUTPUTS/uploads."""
+    import sys
+    import types
+
+    from colab_utils import env, session
+
+    folder, _ = mixed_folder
+    fake_files = types.SimpleNamespace(upload=lambda: {"a photo.png": (folder / "good.png").read_bytes()})
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", types.SimpleNamespace(files=fake_files))
+    monkeypatch.setattr(env, "in_colab", lambda: True)
+    paths = session.Folders(data_root=tmp_path, runs_dir=bottle_run.parent, outputs_dir=tmp_path / "outputs")
+    reports = session.inspect_all(["bottle"], None, paths, "cpu", upload=True)
+    (pred,) = reports["bottle"].predictions
+    assert Path(pred.path) == (tmp_path / "outputs" / "uploads" / "bottle" / "a photo.png").resolve()
+    assert (bottle_run / "inspections" / "predictions.csv").read_text().count("\n") == 2
