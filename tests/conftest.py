@@ -64,3 +64,19 @@ def sample_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sample_data")
     make_sample(root, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def alpha():
+    """Synthetic grayscale U-Net EvalResult (with reconstructions), 6 images of 64 px (tests/helpers.py)."""
+    from helpers import make_result
+
+    return make_result("alpha", ["good", "good", "good", "crack", "crack", "hole"], 1, True, 0)
+
+
+@pytest.fixture(scope="module")
+def beta():
+    """Synthetic RGB feature-mode EvalResult (recons=None), 6 images of 64 px."""
+    from helpers import make_result
+
+    return make_result("beta", ["good", "good", "good", "scratch", "dent", "dent"], 3, False, 1)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import offline_torch_home
 from sklearn.metrics import roc_auc_score
 
 from colab_utils.cli import main
@@ -19,23 +20,11 @@ REQUIRED = ("image_auroc", "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1_ma
 @pytest.fixture(scope="module")
 def bottle_feature_run(mvtec_root, weights_dir, tmp_path_factory):
     """A short feature-mode run on real bottle images with the offline MobileNetV2 weights."""
-    import os
-
-    home = tmp_path_factory.mktemp("torch_home")
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    (home / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth").symlink_to(weights_dir / "mobilenet_v2-b0353104.pth")
-    old = os.environ.get("TORCH_HOME")
-    os.environ["TORCH_HOME"] = str(home)
-    try:
+    with offline_torch_home(weights_dir, tmp_path_factory.mktemp("torch_home")):
         cfg = Config.for_category("bottle", mode="feature", image_size=128, epochs=8, batch_size=16)
         runs = tmp_path_factory.mktemp("runs")
         fit(cfg, mvtec_root, runs / "bottle", progress=False, log=lambda m: None)
         yield runs, cfg
-    finally:
-        if old is None:
-            os.environ.pop("TORCH_HOME", None)
-        else:
-            os.environ["TORCH_HOME"] = old
 
 
 def test_feature_mode_detects_real_bottle_defects(bottle_feature_run, mvtec_root):

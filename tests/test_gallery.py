@@ -8,23 +8,10 @@ import io
 
 import numpy as np
 import pytest
+from helpers import SIZE
 from PIL import Image
-from synthetic import SIZE, make_result
 
 from colab_utils import gallery as gallery_module
-from colab_utils.evaluate import EvalResult
-
-
-@pytest.fixture(scope="module")
-def alpha() -> EvalResult:
-    """Grayscale U-Net result (with reconstructions)."""
-    return make_result("alpha", ["good", "good", "good", "crack", "crack", "hole"], 1, True, 0)
-
-
-@pytest.fixture(scope="module")
-def beta() -> EvalResult:
-    """RGB feature-mode result (recons=None)."""
-    return make_result("beta", ["good", "good", "good", "scratch", "dent", "dent"], 3, False, 1)
 
 
 @pytest.fixture()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import offline_torch_home
 from PIL import Image
 
 from colab_utils.cli import main as cli
@@ -20,19 +21,9 @@ from colab_utils.inspector import CSV_COLUMNS, Inspector, find_images
 def bottle_run(mvtec_root, weights_dir, tmp_path_factory) -> Path:
     """RUNS/bottle: a smoke-profile memory bank (64 px) fitted on the real bottle training images."""
     runs = tmp_path_factory.mktemp("runs")
-    home = tmp_path_factory.mktemp("torch_home")
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    (home / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth").symlink_to(weights_dir / "mobilenet_v2-b0353104.pth")
-    saved = os.environ.get("TORCH_HOME")
-    os.environ["TORCH_HOME"] = str(home)
-    try:
+    with offline_torch_home(weights_dir, tmp_path_factory.mktemp("torch_home")):
         args = ["--data-root", str(mvtec_root), "--category", "bottle", "--out", str(runs), "--device", "cpu"]
         assert cli(["train", *args, "--mode", "memory_bank", "--profile", "smoke"]) == 0
-    finally:
-        if saved is None:
-            os.environ.pop("TORCH_HOME", None)
-        else:
-            os.environ["TORCH_HOME"] = saved
     return runs / "bottle"
 
 

@@ -14,24 +14,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from helpers import SIZE, make_result  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
-from synthetic import SIZE, make_result  # noqa: E402
 
 from colab_utils import viz  # noqa: E402
-from colab_utils.evaluate import EvalResult  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def alpha() -> EvalResult:
-    """Grayscale U-Net result (with reconstructions)."""
-    return make_result("alpha", ["good", "good", "good", "crack", "crack", "hole"], 1, True, 0)
-
-
-@pytest.fixture(scope="module")
-def beta() -> EvalResult:
-    """RGB feature-mode result (recons=None)."""
-    return make_result("beta", ["good", "good", "good", "scratch", "dent", "dent"], 3, False, 1)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,11 @@
-"""Small synthetic EvalResults (64 px, 6 test images) shared by the figure and gallery tests."""
+"""Helpers shared by test files: small synthetic EvalResults (64 px, 6 test images) for the figure and gallery
+tests, and a TORCH_HOME with the offline ImageNet weights for module-scoped fixtures."""
 
 from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -64,3 +69,24 @@ def make_result(category: str, defect_types: list[str], channels: int, with_reco
         thresholds={"image_default": 2.0, "image_f1_optimal": 1.1, "pixel_default": 1.0, "pixel_f1_optimal": 1.5},
         config={"mode": "unet" if with_recons else "feature"},
     )
+
+
+WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
+
+
+@contextmanager
+def offline_torch_home(weights_dir: Path, home: Path):
+    """TORCH_HOME set to ``home``, whose hub/checkpoints links the offline MobileNetV2 weights, for the block."""
+    (home / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    link = home / "hub" / "checkpoints" / WEIGHTS_FILE
+    if not link.exists():
+        link.symlink_to(Path(weights_dir) / WEIGHTS_FILE)
+    saved = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if saved is None:
+            os.environ.pop("TORCH_HOME", None)
+        else:
+            os.environ["TORCH_HOME"] = saved
