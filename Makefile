@@ -34,7 +34,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check colab_utils tests benchmarks notebooks
 	@[ -x "$${CHROMIUM:-/usr/bin/chromium}" ] || echo "note: no Chromium at $${CHROMIUM:-/usr/bin/chromium}: the browser test of the gallery is skipped (apt-get install -y chromium)"
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=8
 
 lint: $(STAMP)
 	$(PY) -m ruff check colab_utils tests benchmarks notebooks
