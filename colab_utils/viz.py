@@ -879,15 +879,16 @@ def show_inspections(report: Any, n: int = 8, cols: int = 4, save_path: str | Pa
         raise ValueError("no overlays to show: run Inspector.predict(images, out=FOLDER) so that they are written")
     cols = max(1, min(cols, len(shown)))
     rows = -(-len(shown) // cols)
-    fig, axes = _new_axes(None, rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = _new_axes(None, rows, cols, figsize=(3.2 * cols, 3.7 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, pred in zip(axes.ravel(), shown):
         with Image.open(pred.overlay) as im:
             ax.imshow(np.asarray(im.convert("RGB")))
         colour = "#c62828" if pred.is_defect else "#1a7f37"
-        ax.set_title(f"{Path(pred.path).name}\n{pred.verdict}  {pred.score:.3g} / {pred.threshold:.3g}",
+        where = "/".join(Path(pred.path).parts[-2:])  # parent folder too: 000.png alone is ambiguous
+        ax.set_title(f"{where}\n{pred.verdict}  {pred.score:.3g} / {pred.threshold:.3g}",
                      fontsize=9, color=colour)  # fmt: skip
     fig.suptitle(report.summary(), fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97), h_pad=3.0)
     return _finish(fig, save_path)

@@ -171,3 +171,23 @@ def test_notebook_upload_path_saves_the_files_and_inspects_them(bottle_run, mixe
     (pred,) = reports["bottle"].predictions
     assert Path(pred.path) == (tmp_path / "outputs" / "uploads" / "bottle" / "a photo.png").resolve()
     assert (bottle_run / "inspections" / "predictions.csv").read_text().count("\n") == 2
+
+
+def test_show_inspections_puts_the_most_suspicious_first(bottle_run, mixed_folder, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from colab_utils import viz
+
+    folder, sizes = mixed_folder
+    report = Inspector.load(bottle_run, "cpu").predict(folder, out=tmp_path, progress=False, log=lambda _m: None)
+    fig = viz.show_inspections(report, n=3, save_path=tmp_path / "inspections.png")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    best = sorted(report.predictions, key=lambda p: -p.margin)[:3]
+    assert [t.splitlines()[0] for t in titles] == ["/".join(Path(p.path).parts[-2:]) for p in best]
+    assert report.summary() in fig._suptitle.get_text() and (tmp_path / "inspections.png").stat().st_size > 1000
+    plt.close(fig)
+    with pytest.raises(ValueError, match="out=FOLDER"):
+        viz.show_inspections(Inspector.load(bottle_run, "cpu").predict(folder / "good.png", progress=False))
