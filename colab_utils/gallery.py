@@ -7,6 +7,7 @@ JupyterLab, Notebook 7, VS Code and Colab's own widget manager. Every picture is
 
 Where widgets cannot render (static HTML from nbconvert, GitHub's viewer, a front end without the widget
 manager) the gallery's display bundle carries a static PNG of its first rows, which those viewers show instead.
+In Colab the widget is displayed on its own, through Colab's widget display hook.
 """
 
 from __future__ import annotations
@@ -173,6 +174,22 @@ class Gallery:
         data["image/png"] = base64.b64encode(self.snapshot_png()).decode("ascii")
         data["text/plain"] = f"Gallery of {', '.join(self.results)} (interactive in a live notebook)"
         return (data, bundle[1]) if isinstance(bundle, tuple) else data
+
+    def _ipython_display_(self) -> None:
+        """In Colab the widget itself is displayed, so Colab's widget display hook adds the metadata its widget
+        manager needs (a bundle from another object would not get it); elsewhere, :meth:`_repr_mimebundle_`."""
+        from IPython.display import display
+
+        from .env import in_colab
+
+        if in_colab():
+            display(self.widget)
+        else:
+            bundle = self._repr_mimebundle_()
+            if isinstance(bundle, tuple):  # (data, metadata)
+                display(bundle[0], metadata=bundle[1], raw=True)
+            else:
+                display(bundle, raw=True)
 
     def snapshot_png(self, rows: int = SNAPSHOT_ROWS, panel_size: int = 160) -> bytes:
         """PNG bytes of the gallery's first ``rows`` rows of every category, one block per category, the

@@ -103,3 +103,20 @@ def test_display_bundle_carries_the_first_rows_as_a_picture(gallery, alpha, beta
     assert picture.shape[0] == first.shape[0] + second.shape[0] + 2 * 12  # one block per category
     assert np.array_equal(picture[: first.shape[0], : first.shape[1]], first)  # the category shown first on top
     assert "alpha" in data["text/plain"] and "beta" in data["text/plain"]
+
+
+def test_display_in_colab_shows_the_widget_itself(gallery, monkeypatch):
+    """Colab's widget manager needs the metadata its display hook adds to widgets, so there the widget is shown."""
+    import IPython.display
+
+    from colab_utils import env
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append((obj, kw)))
+    monkeypatch.setattr(env, "in_colab", lambda: True)
+    gallery._ipython_display_()
+    assert shown == [(gallery.widget, {})]
+    monkeypatch.setattr(env, "in_colab", lambda: False)
+    gallery._ipython_display_()
+    bundle, options = shown[-1]
+    assert options == {"raw": True} and "image/png" in bundle and "application/vnd.jupyter.widget-view+json" in bundle
