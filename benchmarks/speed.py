@@ -160,6 +160,14 @@ def memory_bank_rows(data_root: str, category: str, device: torch.device) -> lis
         rate = len(files) / report.seconds
         rows.append((f"predict: {len(files)} PNG files from disk -> verdicts, overlays and masks written, batch 16",
                      f"{rate:.1f} images/s ({rate / bare['torch']:.0%} of bare torch inference)"))  # fmt: skip
+        try:
+            inspector.use_onnx(f"{tmp}/model.onnx", threads=torch.get_num_threads())
+        except RuntimeError as exc:  # onnxruntime missing
+            rows.append(("predict --backend onnx", str(exc)))
+        else:
+            report = inspector.predict(files, out=f"{tmp}/predict_onnx", batch_size=16, progress=False)
+            rows.append(("predict --backend onnx: the same files",
+                         f"{len(files) / report.seconds:.1f} images/s"))  # fmt: skip
     return rows
 
 

@@ -5,7 +5,7 @@
     python -m colab_utils evaluate --data-root DIR --category bottle --out RUNS [--export npy|png16] [--profile ...]
     python -m colab_utils export   --run RUNS/bottle --format onnx [--out DIR]
     python -m colab_utils summary  --out RUNS
-    python -m colab_utils predict  --run RUNS/bottle --images DIR_OR_GLOB --out DIR [--batch-size 16]
+    python -m colab_utils predict  --run RUNS/bottle --images DIR_OR_GLOB --out DIR [--backend torch|onnx]
     python -m colab_utils make-sample DIR
     python -m colab_utils download DEST [--categories bottle screw] [--archive FILE | --url URL | --drive-id ID]
     python -m colab_utils demo     --out outputs [--profile auto|cpu|gpu|smoke]
@@ -89,6 +89,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inspector import Inspector
 
     inspector = Inspector.load(args.run, get_device(args.device))
+    if args.backend == "onnx":
+        inspector.use_onnx()
     print(f"run {args.run}: {inspector.category}, {inspector.config.mode} mode; image threshold "
           f"{inspector.image_threshold:.4g}, pixel threshold {inspector.pixel_threshold:.4g}")  # fmt: skip
     report = inspector.predict(args.images, out=args.out, batch_size=args.batch_size)
@@ -202,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for predictions.csv, overlays/ and masks/")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU when there is one)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="onnx: score with onnxruntime on the CPU (exports RUN/model.onnx first when needed)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="write the run as one ONNX graph (images -> anomaly map, image score)")

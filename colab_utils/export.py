@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ScoringGraph", "export_onnx", "run_onnx"]
+__all__ = ["ScoringGraph", "export_onnx", "onnx_session", "run_onnx"]
 
 
 class ScoringGraph(nn.Module):
@@ -122,18 +122,24 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, op
     return onnx_path, side_path
 
 
+def onnx_session(onnx_path: str | os.PathLike, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session for an exported graph (``threads``: intra-op threads; default onnxruntime's)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise RuntimeError("running an ONNX file needs the optional package onnxruntime: pip install onnxruntime") from exc
+    if not Path(onnx_path).is_file():
+        raise FileNotFoundError(f"{onnx_path} does not exist; write it with: python -m colab_utils export --run RUN")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
 def run_onnx(onnx_path: str | os.PathLike, images: Any, threads: int | None = None) -> tuple[Any, Any]:
     """Run an exported graph with onnxruntime on the CPU: images float32 (B, C, S, S) in [0, 1] -> (maps, scores)
     as numpy arrays."""
     import numpy as np
 
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise RuntimeError("running an ONNX file needs the optional package onnxruntime: pip install onnxruntime") from exc
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    maps, scores = session.run(None, {"images": np.ascontiguousarray(images, dtype=np.float32)})
+    maps, scores = onnx_session(onnx_path, threads).run(None, {"images": np.ascontiguousarray(images, dtype=np.float32)})
     return maps, scores

@@ -156,6 +156,7 @@ class Inspector:
         self.image_threshold = float(calibration["image_threshold"])
         self.pixel_threshold = float(calibration["pixel_threshold"])
         self.calibration_source = calibration.get("source", "held_out")
+        self.onnx_session: Any = None  # set by use_onnx(); score_batch then runs onnxruntime
 
     @classmethod
     def load(cls, run: str | os.PathLike, device: Any = None) -> Inspector:
@@ -193,6 +194,29 @@ class Inspector:
             )
         return cls(model, config, calibration, device, str(ckpt_file))
 
+    def use_onnx(self, onnx_path: str | os.PathLike | None = None, threads: int | None = None) -> Inspector:
+        """Score with onnxruntime on the CPU instead of torch (measured 2-4x faster on CPUs; benchmarks/README.md).
+
+        ``onnx_path``: an exported graph; default the run's ``model.onnx``, exported first when it is missing or
+        was exported from another ``best.pt`` (its sidecar's sha256). Needs onnx and onnxruntime. Returns self.
+        """
+        import json
+
+        from .checkpoint import file_sha256
+        from .export import export_onnx, onnx_session
+
+        if onnx_path is None:
+            onnx_path = Path(self.source).parent / "model.onnx"
+            sidecar = onnx_path.with_suffix(".json")
+            current = file_sha256(self.source)
+            stale = not onnx_path.is_file() or not sidecar.is_file()
+            if not stale:
+                stale = json.loads(sidecar.read_text()).get("checkpoint_sha256") != current
+            if stale:
+                onnx_path, _ = export_onnx(self.source, onnx_path.parent)
+        self.onnx_session = onnx_session(onnx_path, threads)
+        return self
+
     @property
     def category(self) -> str:
         return self.config.category
@@ -218,6 +242,9 @@ class Inspector:
             )
         if x.dtype != torch.uint8:
             x = (x.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+        if self.onnx_session is not None:
+            maps, scores = self.onnx_session.run(None, {"images": x.float().div_(255.0).numpy()})
+            return scores.astype(np.float32), maps.astype(np.float32)
         out = predict(self.model, x, self.config, self.device, self.normalizer, len(x), keep_recons=False,
                       position=self.position)  # fmt: skip
         return out["scores"].astype(np.float32), out["maps"].astype(np.float32)

@@ -60,3 +60,22 @@ def test_export_of_an_unfinished_run_says_how_to_finish_it(tmp_path, capsys):
     (tmp_path / "bottle").mkdir()
     assert cli(["export", "--run", str(tmp_path / "bottle"), "--format", "onnx"]) == 2
     assert "no finished model" in capsys.readouterr().err
+
+
+def test_predict_with_the_onnx_backend_gives_the_torch_verdicts(mvtec_root, offline_torch_home, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = ["--data-root", str(mvtec_root), "--category", "bottle", "--out", str(runs), "--device", "cpu"]
+    assert cli(["train", *args, "--mode", "memory_bank", "--profile", "smoke"]) == 0
+    files = sorted((mvtec_root / "bottle" / "test").glob("*/00[0-3].png"))
+    torch_report = Inspector.load(runs / "bottle", "cpu").predict(files, progress=False)
+    assert not (runs / "bottle" / "model.onnx").exists()
+    onnx_inspector = Inspector.load(runs / "bottle", "cpu").use_onnx()  # exports model.onnx on first use
+    assert (runs / "bottle" / "model.onnx").is_file()
+    onnx_report = onnx_inspector.predict(files, progress=False)
+    torch_scores = np.array([p.score for p in torch_report.predictions])
+    onnx_scores = np.array([p.score for p in onnx_report.predictions])
+    assert np.abs(onnx_scores - torch_scores).max() <= 1e-4 * max(1.0, np.ptp(torch_scores))
+    assert [p.verdict for p in onnx_report.predictions] == [p.verdict for p in torch_report.predictions]
+    code = cli(["predict", "--run", str(runs / "bottle"), "--images", str(files[0]), "--out", str(tmp_path / "o"),
+                "--device", "cpu", "--backend", "onnx"])  # fmt: skip
+    assert code == 0 and "1 image: " in capsys.readouterr().out
