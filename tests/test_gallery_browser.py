@@ -6,7 +6,7 @@ the image slider changes the picture, the threshold slider changes the predicted
 and the defect-type and category dropdowns switch what is shown. Screenshots go to outputs/browser_test/.
 
 Data: real MVTec bottle and screw when MVTEC_ROOT is set (CI), else two built-in sample categories; models
-are memory banks trained in the smoke profile. Chromium is Debian's ``chromium`` (``CHROMIUM`` overrides the
+are memory banks trained in the smoke profile (U-Nets when the offline ImageNet weights are absent). Chromium is Debian's ``chromium`` (``CHROMIUM`` overrides the
 path). Without it the test is skipped with a message; with ``CI`` set, a missing browser is a failure.
 """
 
@@ -26,6 +26,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+from helpers import WEIGHTS_FILE
 from PIL import Image
 
 from colab_utils.cli import main as cli
@@ -57,8 +58,8 @@ def browser_tools():
             _missing(f"the Python package {package}", "run `pip install -r requirements-dev.txt`")
 
 
-def _data_and_runs(tmp: Path) -> tuple[Path, list[str]]:
-    """A data root with two categories and their smoke-profile memory banks in tmp/runs."""
+def _data_and_runs(tmp: Path, mode: str) -> tuple[Path, list[str]]:
+    """A data root with two categories and their smoke-profile models of ``mode`` in tmp/runs."""
     root = os.environ.get("MVTEC_ROOT")
     if root and all((Path(root) / c / "test").is_dir() for c in ("bottle", "screw")):
         data, categories = Path(root), ["bottle", "screw"]
@@ -68,7 +69,7 @@ def _data_and_runs(tmp: Path) -> tuple[Path, list[str]]:
         shutil.move(str(make_sample(tmp / "other", seed=1)), str(data / "sample_b"))
     for category in categories:
         args = ["--data-root", str(data), "--category", category, "--out", str(tmp / "runs")]
-        assert cli(["train", *args, "--mode", "memory_bank", "--profile", "smoke"]) == 0
+        assert cli(["train", *args, "--mode", mode, "--profile", "smoke"]) == 0
     return data, categories
 
 
@@ -132,12 +133,18 @@ def _differs(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and float(np.abs(a - b).mean()) > 1.0
 
 
-def test_gallery_in_jupyterlab_with_headless_chromium(browser_tools, offline_torch_home, tmp_path):
+def test_gallery_in_jupyterlab_with_headless_chromium(browser_tools, tmp_path, monkeypatch):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     started = time.time()
-    data, categories = _data_and_runs(tmp_path)
+    weights = Path(os.environ.get("SHARED_WEIGHTS", REPO.parent / "shared" / "weights")) / WEIGHTS_FILE
+    if weights.is_file():  # the default family; else the U-Net, which needs no ImageNet weights
+        home = tmp_path / "torch_home" / "hub" / "checkpoints"
+        home.mkdir(parents=True)
+        (home / WEIGHTS_FILE).symlink_to(weights)
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    data, categories = _data_and_runs(tmp_path, "memory_bank" if weights.is_file() else "unet")
     root = tmp_path / "lab"
     root.mkdir()
     nb = nbformat.read(str(NOTEBOOK_DIR / NOTEBOOK), as_version=4)
