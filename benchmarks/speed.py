@@ -173,18 +173,15 @@ def memory_bank_rows(data_root: str, category: str, device: torch.device) -> lis
 
 def onnx_rows(run_dir: str, batch: np.ndarray, torch_rate: float) -> list[tuple[str, str]]:
     """Export the run to ONNX and time onnxruntime on the CPU at batch 16, with torch's thread count."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return [("onnxruntime", "not installed (pip install onnx onnxruntime)")]
-    from colab_utils.export import export_onnx
+    from colab_utils.export import export_onnx, onnx_session
 
-    start = time.perf_counter()
-    onnx_path, _ = export_onnx(run_dir)
-    export_s = time.perf_counter() - start
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    try:
+        start = time.perf_counter()
+        onnx_path, _ = export_onnx(run_dir)
+        export_s = time.perf_counter() - start
+        session = onnx_session(onnx_path, torch.get_num_threads())
+    except RuntimeError as exc:  # onnx or onnxruntime missing: the message says what to install
+        return [("ONNX export and onnxruntime", str(exc))]
     feed = {"images": np.ascontiguousarray(batch, dtype=np.float32)}
     session.run(None, feed)
     start = time.perf_counter()

@@ -247,7 +247,8 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], 
 
 
 # --------------------------------------------------------------------------- folders
-def _natural_key(name: str) -> list[Any]:
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders ``img2`` before ``img10`` (case-insensitive)."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
@@ -259,13 +260,13 @@ def _list_images(folder: Path) -> list[Path]:
             for e in it
             if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file()
         ]
-    return [folder / n for n in sorted(names, key=_natural_key)]
+    return [folder / n for n in sorted(names, key=natural_key)]
 
 
 def _list_subdirs(folder: Path) -> list[Path]:
     with os.scandir(folder) as it:
         names = [e.name for e in it if not e.name.startswith(".") and e.is_dir()]
-    return [folder / n for n in sorted(names, key=_natural_key)]
+    return [folder / n for n in sorted(names, key=natural_key)]
 
 
 def _check_root(root: PathLike) -> Path:
@@ -355,7 +356,7 @@ def count_table(root: PathLike, category: str) -> list[dict[str, Any]]:
         split_dir = cat_dir / split
         if not split_dir.is_dir():
             continue
-        subdirs = sorted(_list_subdirs(split_dir), key=lambda d: (d.name != GOOD, _natural_key(d.name)))
+        subdirs = sorted(_list_subdirs(split_dir), key=lambda d: (d.name != GOOD, natural_key(d.name)))
         for d in subdirs:
             rows.append({"category": category, "split": split, "defect_type": d.name, "count": len(_list_images(d))})
     return rows
@@ -396,7 +397,7 @@ def _mvtec_records(cat_dir: Path, split: str) -> list[_Record]:
             f"(with masks in ground_truth/<defect_type>), or load only split='train'"
         )
     records: list[_Record] = []
-    subdirs = sorted(_list_subdirs(test_dir), key=lambda d: (d.name != GOOD, _natural_key(d.name)))
+    subdirs = sorted(_list_subdirs(test_dir), key=lambda d: (d.name != GOOD, natural_key(d.name)))
     for d in subdirs:
         images = _list_images(d)
         if d.name == GOOD:
@@ -446,29 +447,39 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return im
 
 
-def natural_key(name: str) -> list[Any]:
-    """Sort key that orders ``img2`` before ``img10`` (case-insensitive)."""
-    return _natural_key(name)
+def _read(path: Path, channels: int) -> Image.Image:
+    """An image file as 8-bit PIL in mode "RGB" (``channels`` 3; gray files repeated) or "L" (1: luminance)."""
+    return _to_8bit(_open(path, "image")).convert("RGB" if channels == 3 else "L")
+
+
+def _square_array(im: Image.Image, size: int) -> np.ndarray:
+    """PIL "RGB"/"L" image -> uint8 (C, size, size), resized with Lanczos (aspect ratio not kept)."""
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.LANCZOS)
+    arr = np.asarray(im)
+    return arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None]
 
 
 def read_image(path: PathLike, channels: int) -> np.ndarray:
     """One image file at its own resolution: uint8 (C, H, W) with C = ``channels`` (1: luminance, 3: RGB; gray
     files are repeated to RGB). 16-bit and float images are scaled to 8 bit as in training. An unreadable file
     raises :class:`DataError` naming it."""
-    im = _to_8bit(_open(Path(path), "image")).convert("RGB" if channels == 3 else "L")
-    arr = np.asarray(im)
+    arr = np.asarray(_read(Path(path), channels))
     return arr.transpose(2, 0, 1).copy() if arr.ndim == 3 else arr[None].copy()
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (C, H, W) with C in {1, 3} -> (C, size, size), resized exactly as the training images are."""
+    if image.shape[-2:] == (size, size):
+        return image
+    return _square_array(Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)), size)
 
 
 def _decode(rec: _Record, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """One record -> image uint8 (C, size, size) and mask uint8 (size, size) in {0, 1}."""
-    im = _to_8bit(_open(rec.image, "image"))
+    im = _read(rec.image, channels)
     src_size = im.size
-    im = im.convert("RGB" if channels == 3 else "L")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.LANCZOS)
-    arr = np.asarray(im)
-    img = arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None]
+    img = _square_array(im, size)
     if rec.mask is None:
         return img, np.zeros((size, size), np.uint8)
     m = _to_8bit(_open(rec.mask, "mask"))

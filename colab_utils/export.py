@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ScoringGraph", "export_onnx", "onnx_session", "run_onnx"]
+__all__ = ["ScoringGraph", "export_inspector", "export_onnx", "onnx_session", "run_onnx"]
 
 
 class ScoringGraph(nn.Module):
@@ -42,14 +42,10 @@ class ScoringGraph(nn.Module):
         self.position = inspector.position
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from .scoring import anomaly_maps, image_scores
+        from .scoring import anomaly_maps, scored_maps
 
-        out = anomaly_maps(self.model, images, self.config)
-        maps = self.normalizer(out.maps)
-        if out.scores is not None:
-            scores = out.scores.float()
-        else:
-            scores = image_scores(self.position(out.maps) if self.position is not None else maps, self.config)
+        maps, scores = scored_maps(anomaly_maps(self.model, images, self.config), self.config, self.normalizer,
+                                   self.position)  # fmt: skip
         return maps[:, 0], scores
 
 
@@ -71,20 +67,26 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, op
 
     Files are written to temporary names and renamed, so an interrupted export leaves no half file.
     """
+    from .inspector import Inspector
+
+    inspector = Inspector.load(run, "cpu")
+    return export_inspector(inspector, Path(out) if out is not None else Path(inspector.source).parent, opset)
+
+
+def export_inspector(inspector: Any, folder: str | os.PathLike, opset: int = 17) -> tuple[Path, Path]:
+    """:func:`export_onnx` of an already loaded :class:`~colab_utils.inspector.Inspector` into ``folder``."""
     try:
         import onnx  # noqa: F401 - the exporter needs it
     except ImportError as exc:
         raise RuntimeError("ONNX export needs the optional package onnx: pip install onnx onnxruntime") from exc
     from .checkpoint import file_sha256
-    from .inspector import Inspector
 
-    inspector = Inspector.load(run, "cpu")
     config = inspector.config
-    folder = Path(out) if out is not None else Path(inspector.source).parent
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path, side_path = folder / "model.onnx", folder / "model.json"
     graph = ScoringGraph(inspector).eval()
-    example = torch.rand(2, config.channels, config.image_size, config.image_size)
+    example = torch.rand(2, config.channels, config.image_size, config.image_size, device=inspector.device)
     tmp = onnx_path.with_name(onnx_path.name + ".tmp")
     options = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with _exportable(inspector.model), torch.no_grad(), warnings.catch_warnings():

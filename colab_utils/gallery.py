@@ -166,14 +166,10 @@ class Gallery:
         """The widget view, plus the static fallback (:meth:`snapshot_png`) as ``image/png``: front ends with a
         widget manager rank the widget view first and show the live gallery; static viewers (nbconvert HTML
         without widget state, GitHub) show the picture instead of an empty cell."""
-        bundle = self.widget._repr_mimebundle_(**kwargs)
-        data = bundle[0] if isinstance(bundle, tuple) else bundle
-        if data is None:
-            return bundle
-        data = dict(data)
+        data = dict(self.widget._repr_mimebundle_(**kwargs))  # ipywidgets 8: the data dict, view included
         data["image/png"] = base64.b64encode(self.snapshot_png()).decode("ascii")
         data["text/plain"] = f"Gallery of {', '.join(self.results)} (interactive in a live notebook)"
-        return (data, bundle[1]) if isinstance(bundle, tuple) else data
+        return data
 
     def _ipython_display_(self) -> None:
         """In Colab the widget itself is displayed, so Colab's widget display hook adds the metadata its widget
@@ -185,11 +181,7 @@ class Gallery:
         if in_colab():
             display(self.widget)
         else:
-            bundle = self._repr_mimebundle_()
-            if isinstance(bundle, tuple):  # (data, metadata)
-                display(bundle[0], metadata=bundle[1], raw=True)
-            else:
-                display(bundle, raw=True)
+            display(self._repr_mimebundle_(), raw=True)
 
     def snapshot_png(self, rows: int = SNAPSHOT_ROWS, panel_size: int = 160) -> bytes:
         """PNG bytes of the gallery's first ``rows`` rows of every category, one block per category, the

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import IMAGE_EXTENSIONS, DataError, natural_key, read_image
+from .data import IMAGE_EXTENSIONS, DataError, natural_key, read_image, resize_image
 
 __all__ = ["CSV_COLUMNS", "InspectionReport", "Inspector", "Prediction", "find_images"]
 
@@ -203,7 +203,7 @@ class Inspector:
         import json
 
         from .checkpoint import file_sha256
-        from .export import export_onnx, onnx_session
+        from .export import export_inspector, onnx_session
 
         if onnx_path is None:
             onnx_path = Path(self.source).parent / "model.onnx"
@@ -213,7 +213,7 @@ class Inspector:
             if not stale:
                 stale = json.loads(sidecar.read_text()).get("checkpoint_sha256") != current
             if stale:
-                onnx_path, _ = export_onnx(self.source, onnx_path.parent)
+                onnx_path, _ = export_inspector(self, onnx_path.parent)
         self.onnx_session = onnx_session(onnx_path, threads)
         return self
 
@@ -273,8 +273,7 @@ class Inspector:
         files = find_images(images)
         out_dir = Path(out).expanduser() if out is not None else None
         if out_dir is not None:
-            (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
-            (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+            out_dir.mkdir(parents=True, exist_ok=True)  # overlays/ and masks/ sub-folders are made per file
         names = _output_names(files)
         predictions: list[Prediction] = []
         skipped: list[tuple[str, str]] = []
@@ -290,7 +289,7 @@ class Inspector:
                     skipped.append((str(path), str(exc)))
                     log(f"skipped {path}: {exc}")
             if loaded:
-                batch = np.stack([_resize(img, self.config.image_size) for _, _, img in loaded])
+                batch = np.stack([resize_image(img, self.config.image_size) for _, _, img in loaded])
                 scores, maps = self.score_batch(batch)
                 for (i, path, img), score, amap in zip(loaded, scores, maps):
                     predictions.append(self._one(path, img, float(score), amap, out_dir, names[i], keep_maps, alpha))
@@ -365,17 +364,6 @@ def write_predictions_csv(predictions: Sequence[Prediction], path: str | os.Path
     tmp.write_text(buf.getvalue(), encoding="utf-8")
     os.replace(tmp, path)
     return path
-
-
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (C, H, W) -> (C, size, size), resized as in training (:mod:`colab_utils.data`: Lanczos)."""
-    from PIL import Image
-
-    if img.shape[-2:] == (size, size):
-        return img
-    im = Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
-    arr = np.asarray(im.resize((size, size), Image.Resampling.LANCZOS))
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def _write_png(array: np.ndarray, path: str) -> None:

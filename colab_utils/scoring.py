@@ -139,6 +139,18 @@ class PositionStats:
         return cls(data["mean"], data["std"]) if data else None
 
 
+def scored_maps(
+    out: MapOutput, config: Config, normalizer: MapNormalizer | None = None, position: PositionStats | None = None
+) -> tuple[Tensor, Tensor]:
+    """From :func:`anomaly_maps`' output to (maps (B,1,H,W), normalised when ``normalizer`` is given; image
+    scores (B,)): the family's own scores when it has them, else from the per-position standardised raw map
+    (``position``) or from ``maps``. Traceable (the ONNX export runs it inside the graph)."""
+    maps = normalizer(out.maps) if normalizer is not None else out.maps
+    if out.scores is not None:
+        return maps, out.scores.float()
+    return maps, image_scores(position(out.maps) if position is not None else maps, config)
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -173,12 +185,8 @@ def predict(
         batch = to_float(images_uint8[start : start + batch_size], device)
         exclude = torch.arange(start, start + len(batch)) if leave_one_out else None
         out = anomaly_maps(model, batch, config, exclude)
-        raw, recon = out.maps, out.recon
-        maps = normalizer(raw) if normalizer is not None else raw
-        if out.scores is not None:
-            scores = out.scores.float()
-        else:
-            scores = image_scores(position(raw) if position is not None else maps, config)
+        recon = out.recon
+        maps, scores = scored_maps(out, config, normalizer, position)
         scores_out.append(scores.cpu())
         maps_out.append(maps[:, 0].cpu())
         if recon is not None and keep_recons:

@@ -93,8 +93,7 @@ def test_display_bundle_carries_the_first_rows_as_a_picture(gallery, alpha, beta
     """Live front ends show the widget view; static viewers fall back to the PNG of the first rows."""
     from colab_utils.panels import gallery_sheet
 
-    bundle = gallery._repr_mimebundle_()
-    data = bundle[0] if isinstance(bundle, tuple) else bundle
+    data = gallery._repr_mimebundle_()
     view = data["application/vnd.jupyter.widget-view+json"]
     assert view["model_id"] == gallery.widget.model_id
     picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(data["image/png"]))).convert("RGB"))
