@@ -7,6 +7,10 @@ Writes ``OUT/<category>/results.json`` (the format of ``evaluate``), ``OUT/summa
 (per category and mean) and ``OUT/summary.md``. Reruns resume or skip finished
 training, so an interrupted benchmark continues where it stopped.
 ``--set name=value`` overrides any Config field (values parsed as JSON), for experiments.
+``--rescore RUNS`` trains nothing: it takes the runs already trained in ``RUNS/<category>`` (a previous ``--out``),
+applies the ``--set`` scoring overrides (only fields that keep the weights valid, e.g. ``smooth_sigma``,
+``image_score_norm``, ``head_recon_map_weight``), recalibrates on the same good images and evaluates into
+``--out``: one training, several ways of scoring it.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ from pathlib import Path
 
 import torch
 
+from colab_utils import checkpoint as ckpt
 from colab_utils.anchors import ANCHORS
-from colab_utils.config import MODES, Config
+from colab_utils.config import MODES, RESUMABLE_FIELDS, Config
 from colab_utils.env import get_device
 from colab_utils.evaluate import evaluate, load_results, write_summary
-from colab_utils.train import fit
+from colab_utils.models import get_family
+from colab_utils.scoring import calibrate
+from colab_utils.train import BEST, fit, load_data, load_trained
 
 COLUMNS = ("image_auroc", "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1_max", "pixel_ap")
 
@@ -38,6 +45,26 @@ def parse_overrides(items: list[str]) -> dict:
         except json.JSONDecodeError:
             out[name] = raw
     return out
+
+
+def rescore(source: Path, target: Path, overrides: dict, data_root: str, device) -> tuple[float, int]:
+    """Copy ``source/best.pt`` to ``target/best.pt`` with scoring ``overrides`` applied and recalibrated.
+
+    Returns (training seconds, epochs) of the source run."""
+    if unknown := set(overrides) - RESUMABLE_FIELDS:
+        raise SystemExit(f"--rescore changes scoring only; {sorted(unknown)} would need retraining (drop --rescore)")
+    model, config, payload = load_trained(source, device)
+    config = config.replace(**overrides)
+    if get_family(config).cross_fits:
+        raise SystemExit("--rescore supports held-out calibration only, not the memory bank's leave-one-out")
+    train_set, val_set = load_data(config, data_root)
+    payload["calibration"] = calibrate(model, val_set.images, config, device, config.batch_size,
+                                       train_images_uint8=train_set.images)  # fmt: skip
+    payload["config"] = payload["calibrated_config"] = config.to_dict()
+    payload.pop("loaded_from", None)
+    ckpt.save_checkpoint(target / BEST, payload, keep_previous=False)
+    history = payload.get("history") or {}
+    return float(sum(history.get("seconds", []))), int(payload.get("epoch", 0))
 
 
 def machine() -> str:
@@ -58,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on the CPU")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="Config overrides")
+    p.add_argument("--rescore", default=None, metavar="RUNS", help="score the runs trained in RUNS, train nothing")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,22 +94,26 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     rows = []
     for category in args.categories:
-        cfg = Config.for_category(category, profile=args.profile, mode=args.mode, **overrides)
-        result = fit(cfg, args.data_root, out / category, device=device, progress=False)
-        # gradient families: the epochs' seconds; direct fitting (memory bank): the whole fit call, i.e. loading,
-        # features, coreset, calibration and checkpoints
-        train_seconds = float(sum(result.history.get("seconds", [])) or result.seconds)
+        if args.rescore:
+            train_seconds, epochs = rescore(Path(args.rescore) / category, out / category, overrides, args.data_root, device)
+        else:
+            cfg = Config.for_category(category, profile=args.profile, mode=args.mode, **overrides)
+            result = fit(cfg, args.data_root, out / category, device=device, progress=False)
+            # gradient families: the epochs' seconds; direct fitting (memory bank): the whole fit call, i.e.
+            # loading, features, coreset, calibration and checkpoints
+            train_seconds = float(sum(result.history.get("seconds", [])) or result.seconds)
+            epochs = result.epochs_done
         ev = evaluate(out / category, args.data_root, category, out, device, progress=False)
         data = load_results(out / category)
         data["train_seconds"] = train_seconds
-        data["epochs"] = result.epochs_done
+        data["epochs"] = epochs
         (out / category / "results.json").write_text(json.dumps(data, indent=2) + "\n")
         rows.append(
             {
                 "category": category,
                 **{k: ev.metrics[k] for k in COLUMNS},
                 "train_seconds": train_seconds,
-                "epochs": result.epochs_done,
+                "epochs": epochs,
                 "images_per_second": ev.timings["images_per_second"],
             }
         )

@@ -29,6 +29,7 @@ IMAGE_SCORES = ("max", "topk_mean")
 IMAGE_SCORE_NORMS = ("auto", "position", "global")
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "rotate", "translate", "brightness", "contrast", "gamma")
 CORRUPTIONS = ("perlin", "cutpaste", "scratch")
+TEXTURE_SOURCES = ("noise", "stripes", "other", "recolour")
 
 #: Normal variation seen in each MVTec AD category, as augmentations that keep
 #: a good image good. Flips and rotations are only listed where the object or
@@ -70,17 +71,17 @@ CATEGORY_OVERRIDES: dict[str, dict[str, Any]] = {
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "feature": {"image_size": 64, "epochs": 2, "batch_size": 8, "smooth_sigma": 1.0},
-        "unet": {"image_size": 64, "epochs": 2, "batch_size": 8, "base_width": 8, "smooth_sigma": 1.0},
+        "unet": {"image_size": 64, "epochs": 2, "batch_size": 8, "base_width": 8, "head_width": 4, "smooth_sigma": 1.0},
         "memory_bank": {"image_size": 64, "epochs": 1, "batch_size": 8, "smooth_sigma": 1.0},
     },
     "cpu": {
         "feature": {"image_size": 256, "epochs": 15, "batch_size": 16, "max_minutes": 10.0},
-        "unet": {"image_size": 128, "epochs": 40, "batch_size": 16, "base_width": 16, "max_minutes": 10.0},
+        "unet": {"image_size": 128, "epochs": 40, "batch_size": 16, "base_width": 16, "head_width": 8, "max_minutes": 10.0},
         "memory_bank": {"image_size": 256, "epochs": 1, "batch_size": 16},
     },
     "gpu": {
         "feature": {"image_size": 256, "epochs": 100, "batch_size": 16},
-        "unet": {"image_size": 256, "epochs": 300, "batch_size": 16, "base_width": 32},
+        "unet": {"image_size": 256, "epochs": 300, "batch_size": 16, "base_width": 32, "head_width": 32},
         "memory_bank": {"image_size": 256, "epochs": 1, "batch_size": 16},
     },
 }
@@ -116,6 +117,7 @@ RESUMABLE_FIELDS = frozenset(
         "amp",
         "bank_reweight_neighbors",
         "bank_search",
+        "head_recon_map_weight",
     }
 )
 
@@ -178,6 +180,14 @@ class Config:
     # --- synthetic defects for training (mode="unet") -----------------------
     corruption_prob: float = 0.5  # share of training images that get a synthetic defect
     corruptions: tuple[str, ...] = CORRUPTIONS
+    corruption_textures: tuple[str, ...] = ("noise", "stripes", "other")  # Perlin defects' textures; also "recolour" (own image)
+
+    # --- discriminative head on the U-Net (mode="unet"; DRAEM, ICCV 2021) ------
+    discriminative_head: bool = False  # segment synthetic defects from (input, reconstruction); off: measured worse on the cpu profile
+    head_width: int = 16  # channels of the head's first stage (a full-skip U-Net of the same depth)
+    head_loss_weight: float = 1.0  # focal loss of the head, added to the reconstruction loss
+    head_focal_gamma: float = 2.0  # focal loss exponent (0 = binary cross-entropy)
+    head_recon_map_weight: float = 0.0  # add this times the reconstruction-error map to the head's probability map
 
     # --- augmentation: None = the category's default from CATEGORY_AUGMENT --
     augment: tuple[str, ...] | None = None
@@ -252,6 +262,14 @@ class Config:
             bad("corruptions", f"unknown {sorted(unknown)}; choose from {CORRUPTIONS}")
         if self.augment is not None and (unknown := set(self.augment) - set(AUGMENTATIONS)):
             bad("augment", f"unknown {sorted(unknown)}; choose from {AUGMENTATIONS}")
+        if unknown := set(self.corruption_textures) - set(TEXTURE_SOURCES):
+            bad("corruption_textures", f"unknown {sorted(unknown)}; choose from {TEXTURE_SOURCES}")
+        if not self.corruption_textures:
+            bad("corruption_textures", f"needs at least one of {TEXTURE_SOURCES}")
+        if self.mode == "unet" and self.discriminative_head and 1 not in self.out_scales:
+            bad("discriminative_head", "needs the full-size reconstruction: add 1 to out_scales, or set it False")
+        if self.head_focal_gamma < 0 or self.head_loss_weight < 0 or self.head_recon_map_weight < 0:
+            bad("head_focal_gamma", "head_focal_gamma, head_loss_weight and head_recon_map_weight must not be negative")
         if not 0.0 <= self.corruption_prob <= 1.0:
             bad("corruption_prob", "must lie in [0, 1]")
         if self.image_score not in IMAGE_SCORES:
@@ -273,7 +291,7 @@ class Config:
             bad("topk_fraction", "must lie in (0, 1]")
         if not 50.0 <= self.threshold_percentile <= 100.0:
             bad("threshold_percentile", "must lie in [50, 100]")
-        for name in ("epochs", "batch_size", "checkpoint_every_epochs", "base_width", "feature_latent"):
+        for name in ("epochs", "batch_size", "checkpoint_every_epochs", "base_width", "feature_latent", "head_width"):
             if getattr(self, name) < 1:
                 bad(name, "must be at least 1")
         for name in ("lr", "smooth_sigma", "max_minutes", "checkpoint_every_minutes", "grad_clip", "weight_decay"):

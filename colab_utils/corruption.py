@@ -5,8 +5,9 @@ Everything works on batched tensors on any device and is reproducible with a ``t
 - :func:`perlin_noise` / :func:`perlin_masks`: vectorised 2-D Perlin noise and thresholded blob masks
   (as in DRAEM: random resolutions 2**k per axis, random rotation, threshold 0.5);
 - :func:`synthesize_defects`: per image, with probability ``prob``, one of
-  ``"perlin"`` (Perlin-shaped regions filled with a procedurally generated foreign texture, blended with a
-  random opacity), ``"cutpaste"`` (a colour-jittered rectangle from another image of the batch, or the same
+  ``"perlin"`` (Perlin-shaped regions filled with a foreign texture, blended with a random opacity; the
+  texture is procedural noise or stripes, another image of the batch, or the image itself, recoloured),
+  ``"cutpaste"`` (a colour-jittered rectangle from another image of the batch, or the same
   one, pasted elsewhere) or ``"scratch"`` (thin quadratic Bezier strokes with a random intensity).
 
 Random numbers: all draws go through the given generator, on the generator's own device, and are then moved to
@@ -23,6 +24,10 @@ import torch
 import torch.nn.functional as F
 
 CORRUPTION_KINDS = ("perlin", "cutpaste", "scratch")
+#: Where the foreign texture of a Perlin defect comes from (:func:`_foreign_texture`).
+TEXTURE_SOURCES = ("noise", "stripes", "other", "recolour")
+#: The default mix (the one the U-Net's benchmark figures were measured with).
+DEFAULT_TEXTURES = ("noise", "stripes", "other")
 
 #: Opacity of a Perlin-region texture, uniform in this range (1 = texture replaces the image).
 PERLIN_OPACITY = (0.3, 1.0)
@@ -180,16 +185,22 @@ def _donors(batch: int, sel: torch.Tensor, generator: torch.Generator, same_prob
 
 
 # ----------------------------------------------------------------------------------------------------- textures
-def _foreign_texture(images: torch.Tensor, sel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per selected image one procedural texture (n, C, H, W) in [0, 1]: coloured noise, stripes or a
-    shifted, flipped, colour-changed copy of another image of the batch."""
+def _foreign_texture(
+    images: torch.Tensor, sel: torch.Tensor, generator: torch.Generator, sources: Sequence[str] = DEFAULT_TEXTURES
+) -> torch.Tensor:
+    """Per selected image one texture (n, C, H, W) in [0, 1] from one of ``sources``, drawn uniformly per image:
+
+    - ``"noise"``: coloured noise, coarse blobs plus fine grain;
+    - ``"stripes"``: stripes of random frequency, direction, phase and two random colours;
+    - ``"other"``: another image of the batch, circularly shifted, maybe flipped, with a per-channel gain in
+      [0.5, 1.5] and inverted with probability 0.3;
+    - ``"recolour"``: the image itself, shifted, flipped and recoloured the same way.
+    """
     b, c, h, w = images.shape
     n, dev = sel.numel(), images.device
-    # 1. coloured noise: coarse blobs plus fine grain
     coarse = F.interpolate(_rand(generator, (n, c, 8, 8), dev), size=(h, w), mode="bilinear", align_corners=False)
     fine = F.interpolate(_rand(generator, (n, c, max(1, h // 4), max(1, w // 4)), dev), size=(h, w), mode="nearest")
     noise = 0.7 * coarse + 0.3 * fine
-    # 2. stripes of random frequency, direction, phase and two random colours
     ys, xs = _grid(h, w, dev)
     freq = _uniform(generator, (n, 1, 1), 2.0, 16.0, dev)
     theta = _uniform(generator, (n, 1, 1), 0.0, math.pi, dev)
@@ -197,28 +208,31 @@ def _foreign_texture(images: torch.Tensor, sel: torch.Tensor, generator: torch.G
     wave = 0.5 + 0.5 * torch.sin(2 * math.pi * freq * (xs / w * torch.cos(theta) + ys / h * torch.sin(theta)) + phase)
     col_a, col_b = _rand(generator, (n, c, 1, 1), dev), _rand(generator, (n, c, 1, 1), dev)
     stripes = col_a + (col_b - col_a) * wave.unsqueeze(1)
-    # 3. another image, circularly shifted, maybe flipped, colour-changed (maybe inverted)
-    donor = images[_donors(b, sel, generator, same_prob=0.0)]
     shift_y, shift_x = _randint(generator, 0, h, (n, 1, 1), dev), _randint(generator, 0, w, (n, 1, 1), dev)
     flip_y, flip_x = _rand(generator, (n, 1, 1), dev) < 0.5, _rand(generator, (n, 1, 1), dev) < 0.5
-    src_y = (torch.where(flip_y, h - 1 - ys, ys) + shift_y) % h
-    src_x = (torch.where(flip_x, w - 1 - xs, xs) + shift_x) % w
-    patch = _gather_pixels(donor, src_y.expand(n, h, w), src_x.expand(n, h, w))
+    src_y = ((torch.where(flip_y, h - 1 - ys, ys) + shift_y) % h).expand(n, h, w)
+    src_x = ((torch.where(flip_x, w - 1 - xs, xs) + shift_x) % w).expand(n, h, w)
     gain = _uniform(generator, (n, c, 1, 1), 0.5, 1.5, dev)
     invert = (_rand(generator, (n, 1, 1, 1), dev) < 0.3).to(images.dtype)
-    patch = (patch * gain).clamp(0, 1)
-    patch = invert * (1 - patch) + (1 - invert) * patch
-    kind = _randint(generator, 0, 3, (n, 1, 1, 1), dev)
-    texture = torch.where(kind == 0, noise.to(images.dtype), torch.where(kind == 1, stripes.to(images.dtype), patch))
-    return texture.clamp(0, 1)
+
+    def recoloured(source: torch.Tensor) -> torch.Tensor:
+        shifted = (_gather_pixels(source, src_y, src_x) * gain).clamp(0, 1)
+        return invert * (1 - shifted) + (1 - invert) * shifted
+
+    made = {"noise": lambda: noise, "stripes": lambda: stripes,
+            "other": lambda: recoloured(images[_donors(b, sel, generator, same_prob=0.0)]),
+            "recolour": lambda: recoloured(images[sel])}  # fmt: skip
+    stack = torch.stack([made[name]().to(images.dtype) for name in sources])  # (S, n, C, H, W)
+    pick = _randint(generator, 0, len(sources), (n,), dev)
+    return stack[pick, torch.arange(n, device=dev)].clamp(0, 1)
 
 
 # ------------------------------------------------------------------------------------------------ defect kinds
-def _perlin_defect(images: torch.Tensor, sel: torch.Tensor, generator: torch.Generator):
+def _perlin_defect(images: torch.Tensor, sel: torch.Tensor, generator: torch.Generator, sources=DEFAULT_TEXTURES):
     x = images[sel]
     n, _, h, w = x.shape
     masks = perlin_masks(n, (h, w), generator, device=x.device).to(x.dtype)
-    texture = _foreign_texture(images, sel, generator)
+    texture = _foreign_texture(images, sel, generator, sources)
     opacity = _uniform(generator, (n, 1, 1, 1), *PERLIN_OPACITY, x.device).to(x.dtype)
     blended = x + opacity * (texture - x)
     return torch.where(masks > 0, blended, x), masks
@@ -290,6 +304,7 @@ def synthesize_defects(
     generator: torch.Generator | None,
     prob: float = 0.5,
     kinds: Sequence[str] = CORRUPTION_KINDS,
+    textures: Sequence[str] = DEFAULT_TEXTURES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Corrupt a random share of a batch with synthetic defects.
 
@@ -299,6 +314,8 @@ def synthesize_defects(
         prob: probability that an image gets a defect (independently per image).
         kinds: defect kinds to draw from, uniformly per corrupted image: ``"perlin"``, ``"cutpaste"``,
             ``"scratch"`` (see the module docstring).
+        textures: where Perlin defects take their foreign texture from, uniformly per defect:
+            ``"noise"``, ``"stripes"``, ``"other"``, ``"recolour"`` (:data:`TEXTURE_SOURCES`).
 
     Returns:
         ``(corrupted, masks)``: ``corrupted`` (B, C, H, W) in [0, 1], identical to ``images`` outside the mask;
@@ -310,6 +327,8 @@ def synthesize_defects(
     unknown = set(kinds) - set(_KINDS)
     if unknown or not kinds:
         raise ValueError(f"kinds={tuple(kinds)}: choose one or more of {CORRUPTION_KINDS}")
+    if set(textures) - set(TEXTURE_SOURCES) or not textures:
+        raise ValueError(f"textures={tuple(textures)}: choose one or more of {TEXTURE_SOURCES}")
     g = _gen(generator)
     b, _, h, w = images.shape
     dev = images.device
@@ -321,7 +340,7 @@ def synthesize_defects(
         sel = torch.nonzero(apply & (choice == i)).flatten()
         if sel.numel() == 0:
             continue
-        out, m = _KINDS[name](images, sel, g)
+        out, m = _perlin_defect(images, sel, g, textures) if name == "perlin" else _KINDS[name](images, sel, g)
         corrupted[sel] = out.clamp(0, 1)
         masks[sel] = m
     return corrupted, masks

@@ -163,3 +163,21 @@ class FeatureLoss(nn.Module):
         names.append("total")
         values.append(total.detach())
         return total, dict(zip(names, torch.stack(values).tolist()))
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Binary focal loss (Lin et al., 2017), averaged over every pixel; the discriminative head's loss.
+
+    ``mean((1 - p_t) ** gamma * BCE(logits, target))`` with ``p_t`` the predicted probability of the true class
+    (``exp(-BCE)``). ``logits`` real, ``target`` in {0, 1} (or soft in [0, 1]), same shape, e.g. (B, 1, H, W).
+    ``gamma=0`` is plain binary cross-entropy; larger values down-weight the many easy pixels (a clean
+    background), which keeps small defects from being drowned out. No class weight ``alpha`` (torchvision's
+    ``sigmoid_focal_loss`` with ``alpha=-1`` computes the same per-element values). Returns a scalar float32 >= 0.
+    """
+    if logits.shape != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have one shape")
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+    if gamma == 0:
+        return bce.mean()
+    p_t = torch.exp(-bce)
+    return ((1.0 - p_t) ** gamma * bce).mean()

@@ -85,7 +85,7 @@ def anomaly_maps(model: nn.Module, images: Tensor, config: Config, exclude: Tens
 def score_norm(config: Config) -> str:
     """``config.image_score_norm`` with ``"auto"`` resolved to the family's default ("position" or "global")."""
     if config.image_score_norm == "auto":
-        return get_family(config).default_score_norm
+        return get_family(config).score_norm_for(config)
     return config.image_score_norm
 
 

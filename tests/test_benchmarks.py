@@ -25,3 +25,19 @@ def test_quality_script_on_sample_smoke(sample_root, tmp_path, capsys, monkeypat
     assert len(table) == 2
     results = json.loads((out / "sample" / "results.json").read_text())
     assert results["train_seconds"] > 0 and results["epochs"] == 2
+
+    # --rescore: the same trained run, scored another way, training nothing; a weight-changing field is refused
+    again = tmp_path / "rescored"
+    argv = ["quality.py", "--data-root", str(sample_root), "--categories", "sample", "--mode", "unet",
+            "--rescore", str(out), "--out", str(again), "--set", "smooth_sigma=2.0"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path("benchmarks/quality.py", run_name="__main__")
+    assert exit_info.value.code == 0
+    rescored = json.loads((again / "sample" / "results.json").read_text())
+    assert rescored["config"]["smooth_sigma"] == 2.0 and results["config"]["smooth_sigma"] != 2.0
+    assert rescored["epochs"] == results["epochs"] and not (again / "sample" / "last.pt").exists()
+    assert rescored["thresholds"] != results["thresholds"]  # recalibrated for the new smoothing
+    monkeypatch.setattr(sys, "argv", [*argv[:-1], "base_width=4"])
+    with pytest.raises(SystemExit, match="retraining"):
+        runpy.run_path("benchmarks/quality.py", run_name="__main__")

@@ -30,6 +30,10 @@ def test_yaml_round_trip_keeps_tuples(tmp_path):
         ("loss_scale_weights", (1.0,), "loss_scale_weights"),
         ("augment", ("hflip", "spin"), "spin"),
         ("corruptions", ("lava",), "lava"),
+        ("corruption_textures", ("moss",), "moss"),
+        ("corruption_textures", (), "corruption_textures"),
+        ("head_width", 0, "head_width"),
+        ("head_focal_gamma", -1.0, "head_focal_gamma"),
         ("threshold_percentile", 10.0, "threshold_percentile"),
         ("lr", 0.0, "lr"),
     ],
@@ -88,3 +92,12 @@ def test_threshold_percentile_defaults_per_mode_and_is_recorded():
     saved = Config(mode="memory_bank").to_dict()
     assert saved["threshold_percentile"] == 95.0  # resolved in the saved config, not None
     assert Config.from_dict({**saved, "mode": "unet"}).threshold_percentile == 95.0  # an explicit value is kept
+
+
+def test_discriminative_head_needs_the_full_size_reconstruction():
+    with pytest.raises(ConfigError, match="discriminative_head"):
+        Config(mode="unet", out_scales=(2, 4), loss_scale_weights=(1.0, 1.0), map_scale_weights=(1.0, 1.0),
+               discriminative_head=True)
+    assert not Config(mode="unet", out_scales=(2, 4), loss_scale_weights=(1.0, 1.0), map_scale_weights=(1.0, 1.0),
+                      discriminative_head=False).discriminative_head  # fmt: skip
+

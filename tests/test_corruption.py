@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from colab_utils.config import CORRUPTIONS
-from colab_utils.corruption import CORRUPTION_KINDS, perlin_masks, perlin_noise, synthesize_defects
+from colab_utils.corruption import CORRUPTION_KINDS, TEXTURE_SOURCES, perlin_masks, perlin_noise, synthesize_defects
 
 
 def _images(b=8, c=3, h=64, w=64, seed=0) -> torch.Tensor:
@@ -100,3 +100,30 @@ def test_single_image_batch_and_bad_kinds():
         assert corrupted.shape == one.shape and not _changed(corrupted, one)[masks == 0].any()
     with pytest.raises(ValueError, match="kinds"):
         synthesize_defects(one, torch.Generator(), kinds=("rust",))
+
+
+@pytest.mark.parametrize("source", TEXTURE_SOURCES)
+def test_each_texture_source_fills_perlin_defects_from_where_it_says(source):
+    """Image 0 is mid-grey, image 1 black: "other" brings black (or inverted, white), "recolour" keeps it grey-ish
+    (its own grey times a gain in [0.5, 1.5], maybe inverted), noise and stripes bring colours of their own."""
+    images = torch.zeros(2, 3, 64, 64)
+    images[0] = 0.5
+    corrupted, masks = synthesize_defects(images, torch.Generator().manual_seed(4), prob=1.0, kinds=("perlin",),
+                                          textures=(source,))  # fmt: skip
+    inside = corrupted[0][:, masks[0, 0] > 0]
+    assert inside.numel() > 0
+    changed = _changed(corrupted, images)
+    assert not (changed & (masks == 0)).any()
+    if source == "other":
+        far = (inside - 0.5).abs().amin(0)  # black or white blended in with opacity >= 0.3: at least 0.15 away
+        assert (far >= 0.15 - 1e-6).all()
+    elif source == "recolour":
+        assert inside.min() >= 0.25 - 1e-6 and inside.max() <= 0.75 + 1e-6  # 0.5 * gain (or 1 - that), blended
+        assert (inside - 0.5).abs().max() > 0.02
+    else:
+        assert inside.std() > 0.02  # noise or stripes vary inside the region
+
+
+def test_unknown_texture_source_is_named():
+    with pytest.raises(ValueError, match="moss"):
+        synthesize_defects(torch.rand(2, 3, 32, 32), torch.Generator(), prob=1.0, textures=("moss",))

@@ -54,6 +54,10 @@ class Family:
     def build(self, config, pretrained: bool | None = None) -> nn.Module:
         raise NotImplementedError
 
+    def score_norm_for(self, config) -> str:
+        """What ``image_score_norm="auto"`` means for this config (default: :attr:`default_score_norm`)."""
+        return self.default_score_norm
+
     def needs_weights(self, config) -> bool:
         """Whether building this config's model (and its loss) loads ImageNet weights (a download, or a local file)."""
         return bool(self.needs_backbone and config.pretrained)

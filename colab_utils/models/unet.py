@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..augment import augment_batch
 from ..corruption import synthesize_defects
-from ..losses import ReconstructionLoss
+from ..losses import ReconstructionLoss, focal_loss
 from .base import Family, MapOutput, feature_error_map, register
 
 #: Widest U-Net stage; with base_width=32, depth=4 the widths are 32, 64, 128, 256, 256.
@@ -81,9 +81,15 @@ class UNetAutoencoder(nn.Module):
         skip_levels: number of skips kept, counted from the deepest level (0..depth).
         out_scales: down-sampling factors of the outputs, powers of two up to ``2**(depth-1)``.
         max_width: cap on the channel count of any stage.
+        out_channels: channels of each output (default ``in_channels``).
+        logits: outputs without the sigmoid (real values), for the discriminative head.
 
-    ``forward(x)``: (B, C, H, W) float in [0, 1] -> ``{s: (B, C, H // s, W // s)}`` for each ``s`` in
-    ``out_scales`` (ascending), each from a 1x1 conv head and a sigmoid, so values lie in [0, 1].
+    ``forward(x)``: (B, C, H, W) float in [0, 1] -> ``{s: (B, out_channels, H // s, W // s)}`` for each ``s`` in
+    ``out_scales`` (ascending), each from a 1x1 conv head and a sigmoid, so values lie in [0, 1] (real logits
+    when ``logits``).
+
+    The same class, with every skip kept (``skip_levels=depth``), one output channel and ``logits=True``, is the
+    segmentation network of :class:`ReconstructSegment`: there copying the input is wanted.
     """
 
     def __init__(
@@ -94,6 +100,8 @@ class UNetAutoencoder(nn.Module):
         skip_levels: int = 2,
         out_scales: Sequence[int] = (1, 2, 4),
         max_width: int = UNET_MAX_WIDTH,
+        out_channels: int | None = None,
+        logits: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -104,6 +112,7 @@ class UNetAutoencoder(nn.Module):
         if not scales or any(s < 1 or s & (s - 1) or s > 2 ** (depth - 1) for s in scales):
             raise ValueError(f"out_scales={tuple(out_scales)}: must be powers of two between 1 and {2 ** (depth - 1)}")
         self.in_channels = in_channels
+        self.logits = logits
         self.depth = depth
         self.skip_levels = skip_levels
         self.out_scales = scales
@@ -120,10 +129,10 @@ class UNetAutoencoder(nn.Module):
         for i in range(depth - 1, lowest - 1, -1):
             c_in = widths[i + 1] + (widths[i] if i in self.skip_from else 0)
             self.decoder[str(i)] = _ConvBlock(c_in, widths[i])
-        self.heads = nn.ModuleDict({str(s): nn.Conv2d(widths[int(math.log2(s))], in_channels, 1) for s in scales})
+        self.heads = nn.ModuleDict({str(s): nn.Conv2d(widths[int(math.log2(s))], out_channels or in_channels, 1) for s in scales})
 
     def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
-        """(B, C, H, W) in [0, 1] -> {scale: (B, C, H // scale, W // scale) in [0, 1]}."""
+        """(B, C, H, W) in [0, 1] -> {scale: (B, out_channels, H // scale, W // scale) in [0, 1] (or logits)}."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         m = 2**self.depth
@@ -142,8 +151,36 @@ class UNetAutoencoder(nn.Module):
                 h = torch.cat([h, skips[i]], dim=1)
             h = self.decoder[str(i)](h)
             if str(2**i) in self.heads:
-                outputs[2**i] = torch.sigmoid(self.heads[str(2**i)](h))
+                y = self.heads[str(2**i)](h)
+                outputs[2**i] = y if self.logits else torch.sigmoid(y)
         return dict(sorted(outputs.items()))
+
+
+class ReconstructSegment(nn.Module):
+    """The U-Net autoencoder with a discriminative head, as in DRAEM (Zavrtanik et al., ICCV 2021).
+
+    ``recon`` repairs the input (trained, as without the head, to reconstruct the clean image from a synthetically
+    corrupted one); ``head`` sees the input and the full-size reconstruction side by side, (B, 2C, H, W), and
+    segments what differs in a way a defect does: it is trained with focal loss on the exact masks of the
+    synthetic defects, so the anomaly map is learnt instead of a hand-made error formula. The head is a full
+    U-Net (:class:`UNetAutoencoder` with every skip, one output channel, logits).
+
+    ``forward(x)``: (B, C, H, W) in [0, 1] -> ``{s: reconstruction (B, C, H/s, W/s) in [0, 1] for each output
+    scale, "logits": (B, 1, H, W) real}``; the anomaly probability is ``sigmoid(logits)``.
+    """
+
+    def __init__(self, recon: UNetAutoencoder, head_width: int = 16) -> None:
+        super().__init__()
+        if 1 not in recon.out_scales:
+            raise ValueError("the discriminative head needs the full-size reconstruction: out_scales must contain 1")
+        self.recon = recon
+        c = recon.in_channels
+        self.head = UNetAutoencoder(2 * c, head_width, recon.depth, recon.depth, (1,), out_channels=1, logits=True)
+
+    def forward(self, x: Tensor) -> dict:
+        out: dict = dict(self.recon(x))
+        out["logits"] = self.head(torch.cat([x, out[1].to(x.dtype)], dim=1))[1]
+        return out
 
 
 
@@ -206,21 +243,34 @@ def pixel_error_map(images: Tensor, recons: dict[int, Tensor], config) -> Tensor
 
 
 class UNetFamily(Family):
-    """Registry entry of the pixel U-Net autoencoder."""
+    """Registry entry of the pixel U-Net autoencoder, with or without its discriminative head.
+
+    ``Config.discriminative_head``: the model is a :class:`ReconstructSegment`, trained on reconstruction loss
+    plus ``head_loss_weight`` times focal loss on the synthetic defects' masks, and its raw map is the head's
+    anomaly probability in [0, 1] (plus ``head_recon_map_weight`` times :func:`pixel_error_map`). Held-out
+    images are then validated with synthetic defects too (the same ones every epoch), so ``best.pt`` is chosen
+    on how well the head finds them, not on clean images alone.
+    """
 
     name = "unet"
     trains_by_gradient = True
     has_reconstruction = True
     default_score_norm = "position"
 
+    def score_norm_for(self, config) -> str:
+        """The head's probabilities are ~0 on every good training image, so per-position statistics of them
+        are noise: with the head the image score is taken on the globally normalised map."""
+        return "global" if config.discriminative_head else self.default_score_norm
+
     def build(self, config, pretrained: bool | None = None) -> nn.Module:
-        return UNetAutoencoder(
+        recon = UNetAutoencoder(
             config.channels,
             base_width=config.base_width,
             depth=config.depth,
             skip_levels=config.skip_levels,
             out_scales=tuple(config.out_scales),
         )
+        return ReconstructSegment(recon, config.head_width) if config.discriminative_head else recon
 
     def needs_weights(self, config) -> bool:
         """Only the perceptual loss or map term uses a pretrained backbone."""
@@ -236,17 +286,32 @@ class UNetFamily(Family):
 
     def batch_loss(self, model, loss_fn, x: Tensor, train: bool, config, device, gen, use_amp: bool):
         clean = x.to(device, non_blocking=True).float().div_(255.0)
-        inputs = clean
+        inputs, masks = clean, None
+        corrupt = (config.corruption_prob, config.corruptions, config.corruption_textures)
         if train:
             clean = augment_batch(clean, config.augmentations, gen)
-            inputs, _ = synthesize_defects(clean, gen, config.corruption_prob, config.corruptions)
+            inputs, masks = synthesize_defects(clean, gen, *corrupt)
+        elif config.discriminative_head:  # the same synthetic defects on the held-out images every epoch
+            inputs, masks = synthesize_defects(clean, torch.Generator().manual_seed(config.seed + 1), *corrupt)
         with torch.autocast(device_type=torch.device(device).type, enabled=use_amp):
             out = model(inputs)
-        return loss_fn({k: v.float() for k, v in out.items()}, clean)
+        total, parts = loss_fn({k: v.float() for k, v in out.items() if isinstance(k, int)}, clean)
+        if "logits" in out:
+            seg = focal_loss(out["logits"], masks, config.head_focal_gamma)
+            total = total + config.head_loss_weight * seg
+            parts["focal"] = float(seg.detach())
+            parts["total"] = float(total.detach())
+        return total, parts
 
     def raw_maps(self, model, images: Tensor, config) -> MapOutput:
         outputs = model(images)
-        return MapOutput(maps=pixel_error_map(images, outputs, config), recon=outputs[1].float().clamp(0, 1))
+        recon = outputs[1].float().clamp(0, 1)
+        if "logits" not in outputs:
+            return MapOutput(maps=pixel_error_map(images, outputs, config), recon=recon)
+        maps = torch.sigmoid(outputs["logits"].float())
+        if config.head_recon_map_weight:
+            maps = maps + config.head_recon_map_weight * pixel_error_map(images, outputs, config)
+        return MapOutput(maps=maps, recon=recon)
 
 
 register(UNetFamily())
