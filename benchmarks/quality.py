@@ -24,14 +24,12 @@ from pathlib import Path
 
 import torch
 
-from colab_utils import checkpoint as ckpt
 from colab_utils.anchors import ANCHORS
 from colab_utils.config import MODES, RESUMABLE_FIELDS, Config
 from colab_utils.env import get_device
 from colab_utils.evaluate import evaluate, load_results, write_summary
 from colab_utils.models import get_family
-from colab_utils.scoring import calibrate
-from colab_utils.train import BEST, fit, load_data, load_trained
+from colab_utils.train import BEST, calibrate_run, fit, load_data, load_trained
 
 COLUMNS = ("image_auroc", "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1_max", "pixel_ap")
 
@@ -58,11 +56,7 @@ def rescore(source: Path, target: Path, overrides: dict, data_root: str, device)
     if get_family(config).cross_fits:
         raise SystemExit("--rescore supports held-out calibration only, not the memory bank's leave-one-out")
     train_set, val_set = load_data(config, data_root)
-    payload["calibration"] = calibrate(model, val_set.images, config, device, config.batch_size,
-                                       train_images_uint8=train_set.images)  # fmt: skip
-    payload["config"] = payload["calibrated_config"] = config.to_dict()
-    payload.pop("loaded_from", None)
-    ckpt.save_checkpoint(target / BEST, payload, keep_previous=False)
+    calibrate_run(model, config, device, target / BEST, train_set, val_set, config.batch_size, payload)
     history = payload.get("history") or {}
     return float(sum(history.get("seconds", []))), int(payload.get("epoch", 0))
 

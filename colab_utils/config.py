@@ -29,7 +29,10 @@ IMAGE_SCORES = ("max", "topk_mean")
 IMAGE_SCORE_NORMS = ("auto", "position", "global")
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "rotate", "translate", "brightness", "contrast", "gamma")
 CORRUPTIONS = ("perlin", "cutpaste", "scratch")
+#: Where a Perlin defect's foreign texture comes from (colab_utils.corruption), and the default mix (the one the
+#: U-Net's benchmark figures were measured with).
 TEXTURE_SOURCES = ("noise", "stripes", "other", "recolour")
+DEFAULT_TEXTURES = ("noise", "stripes", "other")
 
 #: Normal variation seen in each MVTec AD category, as augmentations that keep
 #: a good image good. Flips and rotations are only listed where the object or
@@ -180,7 +183,7 @@ class Config:
     # --- synthetic defects for training (mode="unet") -----------------------
     corruption_prob: float = 0.5  # share of training images that get a synthetic defect
     corruptions: tuple[str, ...] = CORRUPTIONS
-    corruption_textures: tuple[str, ...] = ("noise", "stripes", "other")  # Perlin defects' textures; also "recolour" (own image)
+    corruption_textures: tuple[str, ...] = DEFAULT_TEXTURES  # Perlin defects' textures, from TEXTURE_SOURCES
 
     # --- discriminative head on the U-Net (mode="unet"; DRAEM, ICCV 2021) ------
     discriminative_head: bool = False  # segment synthetic defects from (input, reconstruction); off: measured worse on the cpu profile
@@ -268,8 +271,6 @@ class Config:
             bad("corruption_textures", f"needs at least one of {TEXTURE_SOURCES}")
         if self.mode == "unet" and self.discriminative_head and 1 not in self.out_scales:
             bad("discriminative_head", "needs the full-size reconstruction: add 1 to out_scales, or set it False")
-        if self.head_focal_gamma < 0 or self.head_loss_weight < 0 or self.head_recon_map_weight < 0:
-            bad("head_focal_gamma", "head_focal_gamma, head_loss_weight and head_recon_map_weight must not be negative")
         if not 0.0 <= self.corruption_prob <= 1.0:
             bad("corruption_prob", "must lie in [0, 1]")
         if self.image_score not in IMAGE_SCORES:
@@ -294,7 +295,8 @@ class Config:
         for name in ("epochs", "batch_size", "checkpoint_every_epochs", "base_width", "feature_latent", "head_width"):
             if getattr(self, name) < 1:
                 bad(name, "must be at least 1")
-        for name in ("lr", "smooth_sigma", "max_minutes", "checkpoint_every_minutes", "grad_clip", "weight_decay"):
+        for name in ("lr", "smooth_sigma", "max_minutes", "checkpoint_every_minutes", "grad_clip", "weight_decay",
+                     "head_focal_gamma", "head_loss_weight", "head_recon_map_weight"):  # fmt: skip
             if getattr(self, name) < 0:
                 bad(name, "must not be negative")
         if self.lr == 0:

@@ -23,11 +23,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .config import DEFAULT_TEXTURES, TEXTURE_SOURCES  # noqa: F401 - TEXTURE_SOURCES is part of this module's API
+
 CORRUPTION_KINDS = ("perlin", "cutpaste", "scratch")
-#: Where the foreign texture of a Perlin defect comes from (:func:`_foreign_texture`).
-TEXTURE_SOURCES = ("noise", "stripes", "other", "recolour")
-#: The default mix (the one the U-Net's benchmark figures were measured with).
-DEFAULT_TEXTURES = ("noise", "stripes", "other")
 
 #: Opacity of a Perlin-region texture, uniform in this range (1 = texture replaces the image).
 PERLIN_OPACITY = (0.3, 1.0)

@@ -291,7 +291,7 @@ def _fit(config, data_root, run_dir, device, progress, train_set, val_set, resum
     else:  # never written (no epoch improved on inf?) or broken: the latest weights become best.pt
         best = {**payload("best"), "rebuilt": True}
     model.eval()
-    calibration = _calibrated(model, config, device, best_path, train_set, val_set, batch_size, best)
+    calibration = calibrate_run(model, config, device, best_path, train_set, val_set, batch_size, best)
     return TrainResult(
         run_dir=run_dir,
         config=config,
@@ -364,7 +364,7 @@ def _fit_direct(family, model, config, run_dir, device, train_set, val_set, prog
         ckpt.save_checkpoint(last_path, state)
     model.eval()
     best = _read_best(best_path, LAST, device, log) or {**state, "rebuilt": True}
-    calibration = _calibrated(model, config, device, best_path, train_set, val_set, config.batch_size, best)
+    calibration = calibrate_run(model, config, device, best_path, train_set, val_set, config.batch_size, best)
     return TrainResult(
         run_dir=run_dir,
         config=config,
@@ -390,9 +390,10 @@ def _read_best(best_path: Path, last_name: str, device, log: Callable[[str], Non
         return None
 
 
-def _calibrated(model, config, device, best_path, train_set, val_set, batch_size, best) -> dict[str, Any]:
+def calibrate_run(model, config, device, best_path, train_set, val_set, batch_size, best) -> dict[str, Any]:
     """The calibration stored in ``best`` (``best.pt``'s payload), recomputed and saved to ``best_path`` when the
-    weights or scoring settings changed since, or when ``best.pt`` had to be rebuilt."""
+    weights or scoring settings changed since, when ``best_path`` does not exist, or when ``best.pt`` had to be
+    rebuilt. ``best`` is updated in place (calibration, the config it holds and was calibrated for)."""
     calibration = best.get("calibration") or {}
     stale = best.get("calibrated_epoch") != best["epoch"] or best.get("calibrated_config") != config.to_dict()
     if not calibration or stale or not best_path.exists() or best.get("rebuilt"):
