@@ -54,7 +54,7 @@ def rescore(source: Path, target: Path, overrides: dict, data_root: str, device)
     model, config, payload = load_trained(source, device)
     config = config.replace(**overrides)
     if get_family(config).cross_fits:
-        raise SystemExit("--rescore supports held-out calibration only, not the memory bank's leave-one-out")
+        raise SystemExit("--rescore supports held-out calibration only, not the memory bank's leave-one-out; run the memory bank without --rescore (its fit takes about a minute)")
     train_set, val_set = load_data(config, data_root)
     calibrate_run(model, config, device, target / BEST, train_set, val_set, config.batch_size, payload)
     history = payload.get("history") or {}
