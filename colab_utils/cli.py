@@ -28,7 +28,7 @@ def _config_from_args(args: argparse.Namespace, category: str, profile: str) -> 
         values = Config.load(args.config).to_dict()
         values.pop("category", None)
         values.pop("augment", None)  # re-derived per category unless the flags say otherwise
-    for name in ("mode", "image_size", "epochs", "max_minutes", "seed", "batch_size", "lr"):
+    for name in ("mode", "image_size", "geometry", "canvas", "epochs", "max_minutes", "seed", "batch_size", "lr"):
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
@@ -185,7 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--config", help="JSON/YAML config file (fields of colab_utils.config.Config)")
     p.add_argument("--mode", choices=list(MODES))
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--image-size", type=int, help="side of the square the model sees (the whole image, or a tile)")
+    p.add_argument("--geometry", choices=["auto", "resize", "tile"],
+                   help="resize: squeeze to the square; tile: resize to a canvas, cut into tiles; auto (default): "
+                        "tiles for elongated or large photos, chosen from the training images and printed")  # fmt: skip
+    p.add_argument("--canvas", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                   help="with --geometry tile: the size every image is resized to before tiling (default: chosen)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .geometry import GEOMETRIES, tile_grid
+
 #: The 15 categories of MVTec AD (Bergmann et al., CVPR 2019).
 MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
@@ -109,6 +111,7 @@ RESUMABLE_FIELDS = frozenset(
         "smooth_sigma",
         "image_score",
         "image_score_norm",
+        "map_norm",
         "topk_fraction",
         "threshold_percentile",
         "map_l2_weight",
@@ -144,7 +147,10 @@ class Config:
     mode: str = "memory_bank"  # model family: "memory_bank" patch memory, "feature" feature autoencoder, "unet" pixel U-Net
 
     # --- data --------------------------------------------------------------
-    image_size: int = 256  # square side in pixels that every image is resized to
+    image_size: int = 256  # side in pixels of the square the model sees: the whole image ("resize") or one tile
+    geometry: str = "auto"  # "resize" (squeeze to the square), "tile" (canvas cut into tiles); "auto": chosen from the training images at fit
+    canvas: tuple[int, ...] = ()  # (height, width) every image is resized to before tiling; () = chosen from the training images
+    tile_overlap: float = 0.125  # least overlap of neighbouring tiles, as a share of the tile side
     channels: int = 3  # 1 or 3; grayscale images are repeated to 3, RGB reduced to luminance for 1
     val_fraction: float = 0.1  # share of good training images held out (validation + threshold)
     seed: int = 0
@@ -170,6 +176,7 @@ class Config:
     bank_neighbourhood: int = 3  # local average window of each stage's features (PatchCore's 3)
     coreset_ratio: float = 0.01  # share of training patches kept by the greedy k-center coreset (1 = all)
     coreset_projection: int = 64  # random-projection dimension the coreset distances are computed in (0 = none)
+    coreset_chunk: int = 0  # composable coreset over blocks of this many patches (faster, measured less accurate); 0 = one pass
     bank_reweight_neighbors: int = 0  # PatchCore's image-score re-weighting over this many bank neighbours; 0 = off (measured better)
     bank_search: str = "auto"  # nearest-neighbour search: "auto" (= torch), "torch" or "faiss" (faiss-cpu)
 
@@ -215,6 +222,7 @@ class Config:
     smooth_sigma: float = 4.0  # Gaussian smoothing of the map, in pixels at 256 px
     normalize_maps: bool = True  # standardise maps with statistics of held-out good images
     image_score: str = "max"  # "max" or "topk_mean" of the smoothed map
+    map_norm: str = "global"  # heatmaps standardised "global"ly, or per "position" with good training maps (aligned parts)
     image_score_norm: str = "auto"  # image score from maps standardised "position"-wise or "global"ly; "auto" = the family's choice
     topk_fraction: float = 0.01  # share of pixels averaged by "topk_mean"
     threshold_percentile: float | None = None  # of good calibration scores, the default threshold; None: per mode
@@ -247,6 +255,14 @@ class Config:
             bad("image_size", "must be a multiple of 32 and at least 32 (e.g. 128, 256, 512)")
         if self.image_size % (2**self.depth):
             bad("image_size", f"must be divisible by 2**depth = {2 ** self.depth}")
+        if self.geometry not in GEOMETRIES:
+            bad("geometry", f"must be one of {GEOMETRIES}")
+        if not 0.0 <= self.tile_overlap < 0.9:
+            bad("tile_overlap", "must lie in [0, 0.9)")
+        if self.canvas and (len(self.canvas) != 2 or min(self.canvas) < self.image_size):
+            bad("canvas", f"must be (height, width), each at least image_size ({self.image_size}), or () to choose")
+        if self.geometry == "tile" and self.canvas and len(tile_grid(self.canvas, self.image_size, self.tile_overlap)) > 256:
+            bad("canvas", "would cut each image into more than 256 tiles; choose a smaller canvas or a larger image_size")
         if not 0.0 < self.val_fraction < 0.9:
             bad("val_fraction", "must lie in (0, 0.9)")
         if self.depth < 2 or self.depth > 6:
@@ -275,6 +291,8 @@ class Config:
             bad("corruption_prob", "must lie in [0, 1]")
         if self.image_score not in IMAGE_SCORES:
             bad("image_score", f"must be one of {IMAGE_SCORES}")
+        if self.map_norm not in ("global", "position"):
+            bad("map_norm", "must be 'global' or 'position'")
         if self.image_score_norm not in IMAGE_SCORE_NORMS:
             bad("image_score_norm", f"must be one of {IMAGE_SCORE_NORMS}")
         if not 0.0 < self.coreset_ratio <= 1.0:
@@ -285,7 +303,7 @@ class Config:
             bad("bank_stride", "must be 4, 8 or 16")
         if self.bank_search not in ("auto", "torch", "faiss"):
             bad("bank_search", "must be 'auto', 'torch' or 'faiss'")
-        for name in ("coreset_projection", "bank_reweight_neighbors"):
+        for name in ("coreset_projection", "bank_reweight_neighbors", "coreset_chunk"):
             if getattr(self, name) < 0:
                 bad(name, "must not be negative")
         if not 0.0 < self.topk_fraction <= 1.0:
@@ -303,6 +321,13 @@ class Config:
             bad("lr", "must be positive")
 
     # ------------------------------------------------------------ derived values
+    @property
+    def work_size(self) -> tuple[int, int]:
+        """(height, width) every image is resized to: the canvas under ``geometry="tile"``, else the square."""
+        if self.geometry == "tile":
+            return int(self.canvas[0]), int(self.canvas[1])
+        return int(self.image_size), int(self.image_size)
+
     @property
     def augmentations(self) -> tuple[str, ...]:
         """The augmentations in force: ``augment`` or the category's default."""
@@ -389,8 +414,14 @@ class Config:
     def mismatches(self, other: Config) -> dict[str, tuple[Any, Any]]:
         """Fields that differ and make saved weights incompatible: {name: (self, other)}."""
         mine, theirs = self.to_dict(), other.to_dict()
+        skip = {"extra"}
+        # "auto" geometry and an empty canvas mean "as the training images say", which a saved run has settled
+        if "auto" in (self.geometry, other.geometry):
+            skip |= {"geometry", "canvas"}
+        if not self.canvas or not other.canvas:
+            skip.add("canvas")
         return {
             k: (mine[k], theirs.get(k))
             for k in mine
-            if k not in RESUMABLE_FIELDS and k != "extra" and mine[k] != theirs.get(k)
+            if k not in RESUMABLE_FIELDS and k not in skip and mine[k] != theirs.get(k)
         }

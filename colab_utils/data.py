@@ -55,6 +55,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from . import geometry
 from .config import MVTEC_CATEGORIES
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -102,6 +103,7 @@ class ImageSet:
     defect_types: list[str]
     paths: list[str]
     has_masks: bool = True
+    mask_paths: list[str | None] | None = None  # each image's mask file (None: good / no mask); lets reload() work
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -160,6 +162,7 @@ class ImageSet:
             defect_types=[self.defect_types[i] for i in pick],
             paths=[self.paths[i] for i in pick],
             has_masks=self.has_masks,
+            mask_paths=[self.mask_paths[i] for i in pick] if self.mask_paths is not None else None,
         )
 
     def join(self, other: ImageSet) -> ImageSet:
@@ -176,6 +179,25 @@ class ImageSet:
             defect_types=self.defect_types + other.defect_types,
             paths=self.paths + other.paths,
             has_masks=self.has_masks and other.has_masks,
+            mask_paths=self.mask_paths + other.mask_paths
+            if self.mask_paths is not None and other.mask_paths is not None
+            else None,
+        )
+
+    def tiles(self, config: Any) -> ImageSet:
+        """This set as the model sees it under ``config``: itself, or under ``geometry="tile"`` every image's
+        tiles (``image_size`` squares, :func:`colab_utils.geometry.cut` order) with its label, type and path."""
+        if config.geometry != "tile":
+            return self
+        n = geometry.tiles_per_image(config)
+        pick = [i for i in range(len(self)) for _ in range(n)]
+        return ImageSet(
+            images=geometry.cut(self.images, config.image_size, config.tile_overlap),
+            masks=geometry.cut(self.masks, config.image_size, config.tile_overlap),
+            labels=self.labels.repeat_interleave(n),
+            defect_types=[self.defect_types[i] for i in pick],
+            paths=[self.paths[i] for i in pick],
+            has_masks=self.has_masks,
         )
 
     def float_images(self, idx: Any = None) -> torch.Tensor:
@@ -452,12 +474,34 @@ def _read(path: Path, channels: int) -> Image.Image:
     return _to_8bit(_open(path, "image")).convert("RGB" if channels == 3 else "L")
 
 
-def _square_array(im: Image.Image, size: int) -> np.ndarray:
-    """PIL "RGB"/"L" image -> uint8 (C, size, size), resized with Lanczos (aspect ratio not kept)."""
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.LANCZOS)
+def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``image_size`` (a square side) or (height, width) -> (height, width)."""
+    if isinstance(size, (tuple, list)):
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
+
+
+def _square_array(im: Image.Image, size: int | tuple[int, int]) -> np.ndarray:
+    """PIL "RGB"/"L" image -> uint8 (C, H, W) at ``size`` (a side, or (height, width)), resized with Lanczos
+    (aspect ratio not kept)."""
+    h, w = _size_hw(size)
+    if im.size != (w, h):
+        im = im.resize((w, h), Image.Resampling.LANCZOS)
     arr = np.asarray(im)
     return arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None]
+
+
+def image_sizes(paths: list[str] | list[Path]) -> list[tuple[int, int]]:
+    """(width, height) of each image file, read from its header only (fast). Unreadable files raise
+    :class:`DataError` naming them."""
+    out = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                out.append(im.size)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"cannot read image {p} ({type(exc).__name__}: {exc}); copy it again, or delete it") from exc
+    return out
 
 
 def read_image(path: PathLike, channels: int) -> np.ndarray:
@@ -468,20 +512,22 @@ def read_image(path: PathLike, channels: int) -> np.ndarray:
     return arr.transpose(2, 0, 1).copy() if arr.ndim == 3 else arr[None].copy()
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (C, H, W) with C in {1, 3} -> (C, size, size), resized exactly as the training images are."""
-    if image.shape[-2:] == (size, size):
+def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """uint8 (C, H, W) with C in {1, 3} -> (C, h, w) at ``size`` (a side, or (h, w)), resized exactly as the
+    training images are."""
+    if tuple(image.shape[-2:]) == _size_hw(size):
         return image
     return _square_array(Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)), size)
 
 
-def _decode(rec: _Record, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """One record -> image uint8 (C, size, size) and mask uint8 (size, size) in {0, 1}."""
+def _decode(rec: _Record, size: int | tuple[int, int], channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """One record -> image uint8 (C, h, w) and mask uint8 (h, w) in {0, 1}, at ``size`` (a side or (h, w))."""
     im = _read(rec.image, channels)
     src_size = im.size
     img = _square_array(im, size)
+    h, w = _size_hw(size)
     if rec.mask is None:
-        return img, np.zeros((size, size), np.uint8)
+        return img, np.zeros((h, w), np.uint8)
     m = _to_8bit(_open(rec.mask, "mask"))
     if m.size != src_size:
         raise DataError(
@@ -491,10 +537,8 @@ def _decode(rec: _Record, size: int, channels: int) -> tuple[np.ndarray, np.ndar
         )
     m_arr = np.asarray(m.convert("L"))
     binary = m_arr > (127 if m_arr.size and m_arr.max() > 1 else 0)
-    if binary.shape != (size, size):
-        resized = Image.fromarray(binary.astype(np.uint8) * 255, mode="L").resize(
-            (size, size), Image.Resampling.NEAREST
-        )
+    if binary.shape != (h, w):
+        resized = Image.fromarray(binary.astype(np.uint8) * 255, mode="L").resize((w, h), Image.Resampling.NEAREST)
         binary = np.asarray(resized) > 127
     return img, binary.astype(np.uint8)
 
@@ -532,22 +576,24 @@ def _nbytes(s: ImageSet) -> int:
 
 def _share(s: ImageSet) -> ImageSet:
     """A new ImageSet object sharing the (read-only) tensors of ``s``."""
-    return dataclasses.replace(s, defect_types=list(s.defect_types), paths=list(s.paths))
+    return dataclasses.replace(s, defect_types=list(s.defect_types), paths=list(s.paths),
+                               mask_paths=list(s.mask_paths) if s.mask_paths is not None else None)  # fmt: skip
 
 
-def _load_records(records: list[_Record], image_size: int, channels: int, has_masks: bool) -> ImageSet:
-    key = (image_size, channels, has_masks, _fingerprint(records))
+def _load_records(records: list[_Record], image_size: int | tuple[int, int], channels: int, has_masks: bool) -> ImageSet:
+    h, w = _size_hw(image_size)
+    key = ((h, w), channels, has_masks, _fingerprint(records))
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
             _CACHE.move_to_end(key)
             return _share(hit)
     n = len(records)
-    images = np.empty((n, channels, image_size, image_size), np.uint8)
-    masks = np.empty((n, 1, image_size, image_size), np.uint8)
+    images = np.empty((n, channels, h, w), np.uint8)
+    masks = np.empty((n, 1, h, w), np.uint8)
 
     def work(i: int) -> None:
-        images[i], masks[i, 0] = _decode(records[i], image_size, channels)
+        images[i], masks[i, 0] = _decode(records[i], (h, w), channels)
 
     workers = min(8, os.cpu_count() or 1, max(1, n // 4))
     if workers > 1:
@@ -563,6 +609,7 @@ def _load_records(records: list[_Record], image_size: int, channels: int, has_ma
         defect_types=[r.defect_type for r in records],
         paths=[str(r.image) for r in records],
         has_masks=has_masks,
+        mask_paths=[str(r.mask) if r.mask is not None else None for r in records],
     )
     with _CACHE_LOCK:
         _CACHE[key] = result
@@ -573,9 +620,14 @@ def _load_records(records: list[_Record], image_size: int, channels: int, has_ma
     return _share(result)
 
 
-def _check_size_channels(image_size: int, channels: int) -> None:
-    if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 8:
-        raise DataError(f"image_size={image_size!r} must be an integer of at least 8 pixels (e.g. 256)")
+def _check_size_channels(image_size: int | tuple[int, int], channels: int) -> None:
+    sides = list(image_size) if isinstance(image_size, (tuple, list)) else [image_size]
+    if len(sides) not in (1, 2) or any(
+        not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 8 for v in sides
+    ):
+        raise DataError(
+            f"image_size={image_size!r} must be an integer of at least 8 pixels (e.g. 256), or (height, width)"
+        )
     if channels not in (1, 3):
         raise DataError(f"channels={channels!r} must be 1 (grayscale) or 3 (RGB)")
 
@@ -588,7 +640,7 @@ def load_split(root: PathLike, category: str, split: str, image_size: int, chann
         root: folder holding the category folders.
         category: an MVTec AD name, ``"sample"`` or any folder in the same layout.
         split: ``"train"`` (``train/good`` only) or ``"test"`` (``test/good`` first, then each defect type).
-        image_size: side of the square the images are resized to.
+        image_size: side of the square the images are resized to, or (height, width) (``Config.work_size``).
         channels: 1 or 3.
 
     Returns:
@@ -604,7 +656,7 @@ def load_split(root: PathLike, category: str, split: str, image_size: int, chann
         raise DataError(f"split={split!r} is not known; use 'train' or 'test'")
     _check_size_channels(image_size, channels)
     cat_dir = _category_dir(root, category).resolve()
-    return _load_records(_mvtec_records(cat_dir, split), int(image_size), channels, has_masks=True)
+    return _load_records(_mvtec_records(cat_dir, split), image_size, channels, has_masks=True)
 
 
 def load_user_folder(
@@ -644,7 +696,7 @@ def load_user_folder(
     _check_size_channels(image_size, channels)
     good = _check_folder(good_dir, "good_dir").resolve()
     train_records = [_Record(p, None, 0, GOOD) for p in _require_images(good, "good_dir")]
-    train = _load_records(train_records, int(image_size), channels, has_masks=True)
+    train = _load_records(train_records, image_size, channels, has_masks=True)
     if defect_dir is None and test_good_dir is None:
         if mask_dir is not None:
             raise DataError(
@@ -685,8 +737,35 @@ def load_user_folder(
                 f"defect_dir {dd} holds no images (directly or in sub-folders); put the defective test images there"
             )
         records += good_records + defect_records
-    test = _load_records(records, int(image_size), channels, has_masks=masks_root is not None)
+    test = _load_records(records, image_size, channels, has_masks=masks_root is not None)
     return train, test
+
+
+def split_paths(root: PathLike, category: str, split: str) -> list[str]:
+    """The image files of ``<root>/<category>/<split>`` in loading order, without decoding them."""
+    if split not in SPLITS:
+        raise DataError(f"split={split!r} is not known; use 'train' or 'test'")
+    return [str(r.image) for r in _mvtec_records(_category_dir(root, category).resolve(), split)]
+
+
+def reload(image_set: ImageSet, image_size: int | tuple[int, int]) -> ImageSet:
+    """``image_set`` decoded again from its files at another size (a side, or (height, width)), masks included.
+
+    Needs the files (``paths``) and, for defective images, ``mask_paths`` (every loader records them); a set
+    built in memory without them raises :class:`DataError` saying so.
+    """
+    _check_size_channels(image_size, image_set.channels)
+    masks = image_set.mask_paths if image_set.mask_paths is not None else [None] * len(image_set)
+    if image_set.num_defective and image_set.mask_paths is None and image_set.has_masks:
+        raise DataError(
+            "this image set was built in memory, without the mask files of its defective images, so it cannot be "
+            "loaded again at another size; load it with load_split() or load_user_folder()"
+        )
+    records = [
+        _Record(Path(p), Path(m) if m else None, int(label), t)
+        for p, m, label, t in zip(image_set.paths, masks, image_set.labels.tolist(), image_set.defect_types)
+    ]
+    return _load_records(records, image_size, image_set.channels, has_masks=image_set.has_masks)
 
 
 # --------------------------------------------------------------------------- copying

@@ -151,7 +151,7 @@ def evaluate(
     import torch
 
     from .checkpoint import file_sha256
-    from .data import load_split
+    from .data import load_split, reload
     from .scoring import MapNormalizer, PositionStats, predict
     from .train import BEST, load_trained
 
@@ -162,7 +162,9 @@ def evaluate(
     if test_set is None:
         if data_root is None:
             raise ValueError("evaluate needs data_root (an MVTec-layout folder) or test_set")
-        test_set = load_split(data_root, category, "test", config.image_size, config.channels)
+        test_set = load_split(data_root, category, "test", config.work_size, config.channels)
+    elif tuple(test_set.images.shape[-2:]) != config.work_size:  # e.g. loaded before fit settled the geometry
+        test_set = reload(test_set, config.work_size)
     calibration = state.get("calibration") or {}
     if not calibration:
         raise ValueError(f"{ckpt_file} has no calibration; finish training with colab_utils.train.fit first")

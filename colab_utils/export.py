@@ -2,13 +2,16 @@
 
     python -m colab_utils export --run RUNS/bottle --format onnx      # -> RUNS/bottle/model.onnx + model.json
 
-The graph takes ``images``: float32 (B, C, S, S) in [0, 1] (B dynamic; C = ``config.channels``, S =
-``config.image_size``) and returns ``anomaly_map``: float32 (B, S, S), normalised as in the evaluation, and
+The graph takes ``images``: float32 (B, C, H, W) in [0, 1] (B dynamic; C = ``config.channels``, (H, W) =
+``config.work_size``: the ``image_size`` square, or under ``geometry="tile"`` the whole canvas) and returns
+``anomaly_map``: float32 (B, H, W), normalised as in the evaluation, and
 ``image_score``: float32 (B,). It holds the whole scoring path of :mod:`colab_utils.scoring` for every family:
 the family's raw maps (a memory bank becomes a matrix product and a minimum over the bank inside the graph),
-the Gaussian smoothing, the normalisation from good images and the image score. Verdicts are
+the Gaussian smoothing, the normalisation from good images and the image score. Under ``geometry="tile"`` the
+graph itself cuts the canvas into its tiles and stitches their maps back (fixed slices and pads, overlaps
+averaged, :mod:`colab_utils.geometry`), so a caller only resizes the photo to the canvas. Verdicts are
 ``image_score >= thresholds.image`` and masks ``anomaly_map >= thresholds.pixel``; the sidecar JSON holds those
-thresholds and the preprocessing (resize to S x S with Lanczos, RGB or luminance, divide by 255).
+thresholds and the preprocessing (resize to H x W with Lanczos, RGB or luminance, divide by 255).
 
 Needs the optional packages ``onnx`` (and ``onnxruntime`` to run or check the file): ``pip install onnx
 onnxruntime``.
@@ -31,8 +34,8 @@ __all__ = ["ScoringGraph", "export_inspector", "export_onnx", "onnx_session", "r
 
 
 class ScoringGraph(nn.Module):
-    """An :class:`~colab_utils.inspector.Inspector`'s scoring as one module: images (B, C, S, S) in [0, 1] ->
-    (normalised anomaly maps (B, S, S), image scores (B,)), equal to what ``Inspector.score_batch`` returns."""
+    """An :class:`~colab_utils.inspector.Inspector`'s scoring as one module: images (B, C, H, W) in [0, 1] at
+    ``config.work_size`` -> (normalised anomaly maps (B, H, W), image scores (B,)), equal to what ``Inspector.score_batch`` returns."""
 
     def __init__(self, inspector: Any) -> None:
         super().__init__()
@@ -86,7 +89,8 @@ def export_inspector(inspector: Any, folder: str | os.PathLike, opset: int = 17)
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path, side_path = folder / "model.onnx", folder / "model.json"
     graph = ScoringGraph(inspector).eval()
-    example = torch.rand(2, config.channels, config.image_size, config.image_size, device=inspector.device)
+    height, width = config.work_size
+    example = torch.rand(2, config.channels, height, width, device=inspector.device)
     tmp = onnx_path.with_name(onnx_path.name + ".tmp")
     options = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with _exportable(inspector.model), torch.no_grad(), warnings.catch_warnings():
@@ -101,13 +105,15 @@ def export_inspector(inspector: Any, folder: str | os.PathLike, opset: int = 17)
         "format": "onnx",
         "category": config.category,
         "mode": config.mode,
-        "inputs": {"images": {"shape": ["batch", config.channels, config.image_size, config.image_size],
+        "inputs": {"images": {"shape": ["batch", config.channels, height, width],
                               "dtype": "float32", "range": [0.0, 1.0]}},  # fmt: skip
-        "outputs": {"anomaly_map": {"shape": ["batch", config.image_size, config.image_size], "dtype": "float32"},
+        "outputs": {"anomaly_map": {"shape": ["batch", height, width], "dtype": "float32"},
                     "image_score": {"shape": ["batch"], "dtype": "float32"}},  # fmt: skip
         "preprocessing": {
             "color": "RGB" if config.channels == 3 else "L (luminance)",
-            "resize": f"to {config.image_size}x{config.image_size} with Lanczos (aspect ratio not kept)",
+            "resize": f"to {height}x{width} (height x width) with Lanczos (aspect ratio not kept)",
+            "geometry": config.geometry,
+            "tiles": "cut and stitched inside the graph" if config.geometry == "tile" else "none",
             "scale": "uint8 / 255",
             "layout": "NCHW",
         },

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .data import IMAGE_EXTENSIONS, DataError, natural_key, read_image, resize_image
+from .geometry import MAX_ASPECT
 
 __all__ = ["CSV_COLUMNS", "InspectionReport", "Inspector", "Prediction", "find_images"]
 
@@ -226,18 +227,19 @@ class Inspector:
     def score_batch(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores and maps of images already at the model's input size.
 
-        images: uint8 (B, C, S, S) with C = ``config.channels`` and S = ``config.image_size``, or float in [0, 1].
-        Returns (scores float32 (B,), normalised maps float32 (B, S, S)), as :func:`colab_utils.evaluate.evaluate`
+        images: uint8 (B, C, H, W) with C = ``config.channels`` and (H, W) = ``config.work_size`` (the
+        ``image_size`` square, or the tile canvas), or float in [0, 1].
+        Returns (scores float32 (B,), normalised maps float32 (B, H, W)), as :func:`colab_utils.evaluate.evaluate`
         computes them. A wrong channel count or size raises ``ValueError`` naming the expected shape.
         """
         from .scoring import predict
 
         x = torch.as_tensor(images)
-        c, s = self.config.channels, self.config.image_size
-        if x.dim() != 4 or x.shape[1] != c or tuple(x.shape[-2:]) != (s, s):
+        c, (h, w) = self.config.channels, self.config.work_size
+        if x.dim() != 4 or x.shape[1] != c or tuple(x.shape[-2:]) != (h, w):
             raise ValueError(
-                f"this model was trained on {c}-channel {s}x{s} images ({'RGB' if c == 3 else 'gray'}); got a batch "
-                f"of shape {tuple(x.shape)}. Pass (B, {c}, {s}, {s}), or pass image files to predict(), which "
+                f"this model was trained on {c}-channel {h}x{w} images ({'RGB' if c == 3 else 'gray'}); got a batch "
+                f"of shape {tuple(x.shape)}. Pass (B, {c}, {h}, {w}), or pass image files to predict(), which "
                 "converts and resizes them"
             )
         if x.dtype != torch.uint8:
@@ -284,12 +286,17 @@ class Inspector:
             loaded = []
             for k, path in enumerate(chunk):
                 try:
-                    loaded.append((start + k, path, read_image(path, self.config.channels)))
+                    img = read_image(path, self.config.channels)
+                    h, w = img.shape[-2:]
+                    if max(h, w) > MAX_ASPECT * min(h, w):
+                        raise DataError(f"{path} is {w}x{h} px, an aspect of more than {MAX_ASPECT:g}:1 that no "
+                                        "geometry can inspect; crop it to the part")  # fmt: skip
+                    loaded.append((start + k, path, img))
                 except DataError as exc:
                     skipped.append((str(path), str(exc)))
                     log(f"skipped {path}: {exc}")
             if loaded:
-                batch = np.stack([resize_image(img, self.config.image_size) for _, _, img in loaded])
+                batch = np.stack([resize_image(img, self.config.work_size) for _, _, img in loaded])
                 scores, maps = self.score_batch(batch)
                 for (i, path, img), score, amap in zip(loaded, scores, maps):
                     predictions.append(self._one(path, img, float(score), amap, out_dir, names[i], keep_maps, alpha))

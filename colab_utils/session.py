@@ -152,6 +152,35 @@ def category_stats(data_root: str | Path, category: str, image_size: int = 256) 
     }
 
 
+def geometry_rows(data_root: str | Path, categories: list[str], image_size: int = 256,
+                  geometry: str = "auto") -> list[dict[str, Any]]:  # fmt: skip
+    """Per category: the training images' sizes and aspects (from file headers, nothing decoded) and the input
+    geometry training will use (:func:`colab_utils.geometry.choose`, the rule ``train`` applies and prints)."""
+    from statistics import median
+
+    from . import geometry as geom
+    from .data import image_sizes, split_paths
+
+    rows = []
+    for category in categories:
+        paths = split_paths(data_root, category, "train")
+        sizes = image_sizes(paths)
+        cfg, why = geom.choose(Config(image_size=image_size, geometry=geometry, category=category), sizes, paths)
+        widths, heights = [w for w, _ in sizes], [h for _, h in sizes]
+        rows.append({
+            "category": category,
+            "images": len(sizes),
+            "width px": f"{min(widths)}–{max(widths)}" if min(widths) != max(widths) else str(widths[0]),
+            "height px": f"{min(heights)}–{max(heights)}" if min(heights) != max(heights) else str(heights[0]),
+            "median aspect": float(median(max(w, h) / min(w, h) for w, h in sizes)),
+            "geometry": cfg.geometry,
+            "model input": (f"{cfg.canvas[0]}x{cfg.canvas[1]} canvas, {geom.tiles_per_image(cfg)} tiles of "
+                            f"{image_size} px" if cfg.geometry == "tile" else f"{image_size}x{image_size}"),
+            "why": why.split(": ", 1)[-1],
+        })  # fmt: skip
+    return rows
+
+
 @dataclass
 class Folders:
     """The three folders a notebook works with."""
@@ -224,6 +253,7 @@ def config_row(cfg: Config) -> dict[str, Any]:
         "category": cfg.category,
         "mode": cfg.mode,
         "image size": cfg.image_size,
+        "geometry": cfg.geometry + (f" {cfg.canvas[0]}x{cfg.canvas[1]}" if cfg.canvas else ""),
         "epochs": cfg.epochs,
         "batch": cfg.batch_size,
         "lr": cfg.lr,

@@ -33,8 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
+from . import geometry
 from .config import Config
-from .data import ImageSet, load_split, split_train_val
+from .data import DataError, ImageSet, image_sizes, load_split, reload, split_paths, split_train_val
 from .models import build_model, get_family
 from .scoring import calibrate
 
@@ -84,9 +85,37 @@ def _lr_lambda(config: Config, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
+def settle_geometry(
+    config: Config, paths: list[str], log: Callable[[str], None] = print, fallback: ImageSet | None = None
+) -> Config:
+    """``config`` with its input geometry settled for the training images at ``paths`` (``geometry="auto"``
+    resolved, a tile canvas chosen; :func:`colab_utils.geometry.choose`), printed with the reason.
+
+    ``fallback``: an in-memory set whose own size stands in when the files at ``paths`` cannot be read (sets
+    built in memory)."""
+    try:
+        sizes = image_sizes(paths)
+    except DataError:
+        if fallback is None:
+            raise
+        h, w = fallback.images.shape[-2:]
+        sizes = [(int(w), int(h))] * len(paths)
+    try:
+        config, why = geometry.choose(config, sizes, paths)
+    except geometry.GeometryError as exc:
+        raise DataError(str(exc)) from None
+    log(f"{config.category}: {why}")
+    if small := geometry.upscaled(config, sizes):
+        log(f"note: {len(small)} of {len(sizes)} training images are under half the size the model works at "
+            f"({config.work_size[1]}x{config.work_size[0]}) and are upscaled, e.g. {paths[small[0]]} "
+            f"({sizes[small[0]][0]}x{sizes[small[0]][1]} px); their detail is what the camera gave")  # fmt: skip
+    return config
+
+
 def load_data(config: Config, data_root: str | Path) -> tuple[ImageSet, ImageSet]:
-    """The category's good training images split into (train, held-out) by ``val_fraction`` and ``seed``."""
-    full = load_split(data_root, config.category, "train", config.image_size, config.channels)
+    """The category's good training images split into (train, held-out) by ``val_fraction`` and ``seed``, at
+    ``config.work_size``."""
+    full = load_split(data_root, config.category, "train", config.work_size, config.channels)
     train_idx, val_idx = split_train_val(len(full), config.val_fraction, config.seed)
     return full.subset(train_idx), full.subset(val_idx)
 
@@ -133,8 +162,15 @@ def _fit(config, data_root, run_dir, device, progress, train_set, val_set, resum
     if train_set is None:
         if data_root is None:
             raise ValueError("fit needs data_root (an MVTec-layout folder) or train_set")
+        config = settle_geometry(config, split_paths(data_root, config.category, "train"), log)
         train_set, val_set = load_data(config, data_root)
-    elif val_set is None:
+    else:
+        config = settle_geometry(config, train_set.paths + (val_set.paths if val_set is not None else []), log,
+                                 fallback=train_set)  # fmt: skip
+        if tuple(train_set.images.shape[-2:]) != config.work_size:
+            train_set = reload(train_set, config.work_size)
+            val_set = reload(val_set, config.work_size) if val_set is not None else None
+    if val_set is None:
         tr, va = split_train_val(len(train_set), config.val_fraction, config.seed)
         train_set, val_set = train_set.subset(tr), train_set.subset(va)
     family = get_family(config)
@@ -188,7 +224,8 @@ def _fit(config, data_root, run_dir, device, progress, train_set, val_set, resum
 
     loss_fn = family.loss(config, device)
     if epoch < config.epochs:
-        train_x, val_x = family.prepare(model, train_set, val_set, config, device, log)
+        # a gradient family learns from what it will see: the tiles under geometry="tile"
+        train_x, val_x = family.prepare(model, train_set.tiles(config), val_set.tiles(config), config, device, log)
 
     def payload(kind: str, partial_epoch: dict[str, Any] | None = None) -> dict[str, Any]:
         return {

@@ -22,7 +22,7 @@ def test_quality_script_on_sample_smoke(sample_root, tmp_path, capsys, monkeypat
     assert summary["mode"] == "unet" and summary["categories"][0]["category"] == "sample"
     assert 0.0 <= summary["mean"]["image_auroc"] <= 1.0
     table = [line for line in printed if line.startswith("| sample |") or line.startswith("| mean |")]
-    assert len(table) == 2
+    assert len(table) == 4  # the metrics table and the default-threshold table
     results = json.loads((out / "sample" / "results.json").read_text())
     assert results["train_seconds"] > 0 and results["epochs"] == 2
 
@@ -41,3 +41,27 @@ def test_quality_script_on_sample_smoke(sample_root, tmp_path, capsys, monkeypat
     monkeypatch.setattr(sys, "argv", [*argv[:-1], "base_width=4"])
     with pytest.raises(SystemExit, match="retraining"):
         runpy.run_path("benchmarks/quality.py", run_name="__main__")
+
+
+def test_quality_script_reports_the_mean_and_range_over_seeds(sample_root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "bench"
+    argv = ["quality.py", "--data-root", str(sample_root), "--categories", "sample", "--profile", "smoke",
+            "--out", str(out), "--seeds", "0", "1", "--set", "pretrained=false"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path("benchmarks/quality.py", run_name="__main__")
+    assert exit_info.value.code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and len(summary["per_seed"]) == 2
+    by_seed = {r["seed"]: r for r in summary["per_seed"]}
+    for seed in (0, 1):  # each seed's run is its own, with its seed in the saved config
+        saved = json.loads((out / f"seed-{seed}" / "sample" / "results.json").read_text())
+        assert saved["config"]["seed"] == seed and saved["image_auroc"] == by_seed[seed]["image_auroc"]
+    row = summary["categories"][0]
+    for key in ("image_auroc", "au_pro", "good_flagged_rate", "defect_recall"):
+        lo, hi = row["range"][key]
+        assert lo == min(by_seed[0][key], by_seed[1][key]) and hi == max(by_seed[0][key], by_seed[1][key])
+        assert row[key] == (by_seed[0][key] + by_seed[1][key]) / 2
+    printed = capsys.readouterr().out
+    assert "mean over seeds 0 1 (range)" in printed and f"| sample | {100 * row['image_auroc']:.1f} (" in printed
+    assert "good flagged" in printed

@@ -108,3 +108,4 @@ def test_anomaly_maps_of_feature_model_have_image_size():
     out = anomaly_maps(model, torch.rand(2, 3, 64, 64), cfg)
     maps, recon = out.maps, out.recon
     assert maps.shape == (2, 1, 64, 64) and recon is None and bool((maps >= 0).all())
+
