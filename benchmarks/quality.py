@@ -11,8 +11,9 @@ training, so an interrupted benchmark continues where it stopped.
 writes to ``summary.json``, the mean over seeds with the range (min–max) of every figure.
 ``--rescore RUNS`` trains nothing: it takes the runs already trained in ``RUNS/<category>`` (a previous ``--out``),
 applies the ``--set`` scoring overrides (only fields that keep the weights valid, e.g. ``smooth_sigma``,
-``image_score_norm``, ``head_recon_map_weight``), recalibrates on the same good images and evaluates into
-``--out``: one training, several ways of scoring it.
+``image_score_norm``, ``map_norm``, ``threshold_percentile``), recalibrates on the same good images (the memory
+bank: leave-one-out over its training images again) and evaluates into ``--out``: one training, several ways of
+scoring it.
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ def rescore(source: Path, target: Path, overrides: dict, data_root: str, device)
         raise SystemExit(f"--rescore changes scoring only; {sorted(unknown)} would need retraining (drop --rescore)")
     model, config, payload = load_trained(source, device)
     config = config.replace(**overrides)
-    if get_family(config).cross_fits:
-        raise SystemExit("--rescore supports held-out calibration only, not the memory bank's leave-one-out; run the memory bank without --rescore (its fit takes about a minute)")
     train_set, val_set = load_data(config, data_root)
+    if get_family(config).cross_fits:  # fitted on every good image, in this order: calibrated leave-one-out again
+        train_set = val_set = train_set.join(val_set)
     calibrate_run(model, config, device, target / BEST, train_set, val_set, config.batch_size, payload)
     history = payload.get("history") or {}
     return float(sum(history.get("seconds", []))), int(payload.get("epoch", 0))

@@ -65,3 +65,20 @@ def test_quality_script_reports_the_mean_and_range_over_seeds(sample_root, tmp_p
     printed = capsys.readouterr().out
     assert "mean over seeds 0 1 (range)" in printed and f"| sample | {100 * row['image_auroc']:.1f} (" in printed
     assert "good flagged" in printed
+
+
+def test_quality_script_rescores_a_memory_bank_leave_one_out(sample_root, tmp_path, monkeypatch):
+    out, again = tmp_path / "bench", tmp_path / "rescored"
+    base = ["quality.py", "--data-root", str(sample_root), "--categories", "sample", "--profile", "smoke"]
+    for argv in ([*base, "--out", str(out), "--set", "pretrained=false"],
+                 [*base, "--out", str(again), "--rescore", str(out), "--set", "map_norm=\"position\""]):  # fmt: skip
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path("benchmarks/quality.py", run_name="__main__")
+        assert exit_info.value.code == 0
+    first = json.loads((out / "sample" / "results.json").read_text())
+    rescored = json.loads((again / "sample" / "results.json").read_text())
+    assert rescored["config"]["map_norm"] == "position" and first["config"]["map_norm"] == "global"
+    assert rescored["calibration_source"] == "leave_one_out" and not (again / "sample" / "last.pt").exists()
+    assert rescored["image_auroc"] == pytest.approx(first["image_auroc"])  # same scores: only the heatmaps changed
+    assert rescored["thresholds"]["pixel_default"] != first["thresholds"]["pixel_default"]
