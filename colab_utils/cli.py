@@ -124,7 +124,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = []
     for category in args.category:
         result = evaluate(
-            Path(args.out) / category, args.data_root, category, args.out, device, batch_size, export=args.export
+            Path(args.out) / category, args.data_root, category, args.out, device, batch_size, export=args.export,
+            allow_other_category=args.allow_other_category,
         )
         save_report(result, Path(args.out) / category)
         m = result.metrics
@@ -201,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate trained categories, write results.json and figures")
     _add_common(p)
     p.add_argument("--export", choices=["npy", "png16"], help="also write one anomaly map per test image")
+    p.add_argument("--allow-other-category", action="store_true",
+                   help="score a run on a category other than its own on purpose (results.json records both)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="verdicts, heatmap overlays and masks for new, unlabelled images")

@@ -54,6 +54,7 @@ class EvalResult:
     checkpoint_sha256: str = ""
     calibration_source: str = "held_out"  # "held_out" good images, or "leave_one_out" over all training images
     timings: dict[str, float] = field(default_factory=dict)
+    trained_category: str = ""  # the category the run was trained on ("" = ``category``)
 
 
 def compute_metrics(
@@ -136,6 +137,7 @@ def evaluate(
     export: str | None = None,
     progress: bool = True,
     test_set: Any = None,
+    allow_other_category: bool = False,
 ) -> EvalResult:
     """Evaluate a trained run on its category's test split.
 
@@ -144,6 +146,10 @@ def evaluate(
     user folder). Thresholds and normalisation come from the checkpoint's
     calibration on held-out good training images; the F1-optimal thresholds are
     computed on the test set and reported for reference only.
+
+    A ``category`` other than the one the run was trained on raises ``ValueError`` naming both (scoring a bottle
+    with a screw's model gives meaningless figures), unless ``allow_other_category``; ``results.json`` then
+    records both (``category`` evaluated, ``trained_category``).
 
     With ``out_dir`` the result is written to ``out_dir/<category>/results.json``;
     ``export="npy"`` or ``"png16"`` also writes one anomaly map per test image.
@@ -159,6 +165,12 @@ def evaluate(
     ckpt_file = run / BEST if run.is_dir() else run
     model, config, state = load_trained(ckpt_file, device)
     category = category or config.category
+    if category != config.category and not allow_other_category:
+        raise ValueError(
+            f"{ckpt_file} was trained on category {config.category!r}, not {category!r}: its scores on {category!r} "
+            f"would mean nothing. Evaluate the run trained on {category!r} (train it first), or pass "
+            f"--allow-other-category (Python: allow_other_category=True) to score it there on purpose"
+        )
     if test_set is None:
         if data_root is None:
             raise ValueError("evaluate needs data_root (an MVTec-layout folder) or test_set")
@@ -206,6 +218,7 @@ def evaluate(
         config=config.to_dict(),
         checkpoint_sha256=file_sha256(state["loaded_from"]),
         calibration_source=calibration.get("source", "held_out"),
+        trained_category=config.category,
         timings={
             "inference_seconds": infer_s,
             "images_per_second": len(labels) / infer_s if infer_s > 0 else float("nan"),
@@ -247,6 +260,7 @@ def results_dict(result: EvalResult, checkpoint: str = "") -> dict[str, Any]:
     ]
     data = {
         "category": result.category,
+        "trained_category": result.trained_category or result.category,
         **{k: result.metrics[k] for k in METRIC_KEYS},
         "per_defect_image_auroc": result.metrics.get("per_defect_image_auroc", {}),
         "at_default_thresholds": result.metrics.get("at_default_thresholds", {}),

@@ -348,3 +348,21 @@ def test_the_command_line_sets_the_geometry_and_the_canvas(tall_run, tmp_path, c
     assert "geometry 'tile' (set)" in capsys.readouterr().out
     saved = json.loads((tmp_path / "tall" / "config.json").read_text())
     assert saved["geometry"] == "tile" and saved["canvas"] == [192, 64]
+
+
+def test_evaluate_refuses_a_run_of_another_category_unless_asked(tall_run, tmp_path, capsys):
+    from colab_utils.cli import main as cli
+
+    root, run, _, _ = tall_run
+    other = root / "other"
+    shutil.copytree(root / "tall", other)  # the same photos under another category's name
+    with pytest.raises(ValueError, match=r"trained on category 'tall', not 'other'.*--allow-other-category"):
+        evaluate(run, root, "other", None, "cpu", progress=False)
+    runs = tmp_path / "runs"
+    shutil.copytree(run, runs / "other")
+    assert cli(["evaluate", "--data-root", str(root), "--category", "other", "--out", str(runs), "--device", "cpu"]) != 0
+    assert "trained on category 'tall'" in capsys.readouterr().err
+    assert cli(["evaluate", "--data-root", str(root), "--category", "other", "--out", str(runs), "--device", "cpu",
+                "--allow-other-category"]) == 0  # fmt: skip
+    saved = json.loads((runs / "other" / "results.json").read_text())
+    assert saved["category"] == "other" and saved["trained_category"] == "tall"
