@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, profile=args.profile)
 
 
+def _at_least(low: int):
+    """An argparse type: a whole number of at least ``low``, refused with the flag's name and range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number of at least {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m colab_utils", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "tiles for elongated or large photos, chosen from the training images and printed")  # fmt: skip
     p.add_argument("--canvas", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
                    help="with --geometry tile: the size every image is resized to before tiling (default: chosen)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=_at_least(1))
+    p.add_argument("--batch-size", type=_at_least(1))
     p.add_argument("--lr", type=float)
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--seed", type=int)
@@ -210,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="a trained run folder, RUNS/<category> (holding best.pt)")
     p.add_argument("--images", required=True, help="a folder (searched recursively), an image file or a glob")
     p.add_argument("--out", required=True, help="folder for predictions.csv, overlays/ and masks/")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=_at_least(1), default=16)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU when there is one)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
                    help="onnx: score with onnxruntime on the CPU (exports RUN/model.onnx first when needed)")
@@ -257,7 +273,16 @@ def main(argv: list[str] | None = None) -> int:
         args.sha256 = args.sha256 or dl.MVTEC_SHA256
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if os.environ.get("COLAB_UTILS_DEBUG"):
+            raise
+        again = ("run the same command again to resume from the last checkpoint" if args.command in ("train", "demo")
+                 else "run the same command again")  # fmt: skip
+        print(f"\ninterrupted (Ctrl-C): {again}", file=sys.stderr)
+        return 130
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        if os.environ.get("COLAB_UTILS_DEBUG"):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
