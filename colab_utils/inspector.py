@@ -31,6 +31,9 @@ import torch
 from .data import IMAGE_EXTENSIONS, DataError, natural_key, read_image, resize_image
 from .geometry import MAX_ASPECT
 
+#: Images with a shorter side below this are skipped by ``predict`` with the reason (a 1 x 1 file is no photo).
+MIN_SIDE = 16
+
 __all__ = ["CSV_COLUMNS", "InspectionReport", "Inspector", "Prediction", "find_images"]
 
 CSV_COLUMNS = ("path", "score", "threshold", "margin", "verdict", "defect_area_percent", "width", "height",
@@ -288,6 +291,9 @@ class Inspector:
                 try:
                     img = read_image(path, self.config.channels)
                     h, w = img.shape[-2:]
+                    if min(h, w) < MIN_SIDE:
+                        raise DataError(f"{path} is {w}x{h} px, too small to inspect: a verdict needs at least "
+                                        f"{MIN_SIDE} px a side; check it is the photo you meant")  # fmt: skip
                     if max(h, w) > MAX_ASPECT * min(h, w):
                         raise DataError(f"{path} is {w}x{h} px, an aspect of more than {MAX_ASPECT:g}:1 that no "
                                         "geometry can inspect; crop it to the part")  # fmt: skip

@@ -222,15 +222,18 @@ def test_a_folder_of_mixed_sizes_works_in_every_geometry(geom, tmp_path):
     assert np.abs(onnx_maps - maps).max() <= 1e-4 * max(1.0, np.ptp(maps))
 
 
-def test_a_strip_is_refused_by_name_in_training_and_skipped_with_the_reason_by_predict(tall_run, tmp_path):
+def test_a_strip_or_a_dot_is_refused_by_name_in_training_and_skipped_with_the_reason_by_predict(tall_run, tmp_path):
     root = tmp_path / "data"
     _make_tall_category(root, [(100, 260)] * 3)
     strip = root / "tall" / "train" / "good" / "strip.png"
     Image.fromarray(np.zeros((2, 200), np.uint8)).save(strip)
     with pytest.raises(DataError, match=r"strip\.png is 200x2 px"):
         fit(_tiny_bank(), root, tmp_path / "run", **QUIET)
-    report = Inspector.load(tall_run[1], "cpu").predict([strip], None, progress=False, log=lambda m: None)
-    assert not report.predictions and "200x2 px" in report.skipped[0][1]
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tiny)
+    report = Inspector.load(tall_run[1], "cpu").predict([strip, tiny], None, progress=False, log=lambda m: None)
+    assert not report.predictions
+    assert "200x2 px" in report.skipped[0][1] and "1x1 px, too small to inspect" in report.skipped[1][1]
 
 
 # ------------------------------------------------------------------------------- real KolektorSDD
