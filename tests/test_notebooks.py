@@ -190,3 +190,15 @@ def test_a_failing_notebook_is_reported_in_a_few_lines(tmp_path):
     assert len(message.splitlines()) <= 6 and "\x1b[" not in message
     log = tmp_path / "out" / "notebooks" / "broken.error.log"
     assert str(log) in message and "ValueError" in log.read_text()
+
+
+def test_training_notebook_keeps_the_profiles_time_cap_unless_told_otherwise():
+    from colab_utils import session
+
+    nb = nbformat.read(NOTEBOOK_DIR / "02_training.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params: dict[str, object] = {}
+    exec(cell.source, params)  # the notebook's own parameters cell, as a user gets it
+    cfg = session.make_config("bottle", "cpu", mode="unet", max_minutes=params["MAX_MINUTES"])
+    assert cfg.max_minutes == 10.0  # the cpu profile's cap, not "no limit"
+    assert session.make_config("bottle", "cpu", mode="unet", max_minutes=0).max_minutes == 0.0  # asked for
