@@ -481,7 +481,7 @@ def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(size), int(size)
 
 
-def _square_array(im: Image.Image, size: int | tuple[int, int]) -> np.ndarray:
+def _resized_array(im: Image.Image, size: int | tuple[int, int]) -> np.ndarray:
     """PIL "RGB"/"L" image -> uint8 (C, H, W) at ``size`` (a side, or (height, width)), resized with Lanczos
     (aspect ratio not kept)."""
     h, w = _size_hw(size)
@@ -517,14 +517,14 @@ def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     training images are."""
     if tuple(image.shape[-2:]) == _size_hw(size):
         return image
-    return _square_array(Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)), size)
+    return _resized_array(Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)), size)
 
 
 def _decode(rec: _Record, size: int | tuple[int, int], channels: int) -> tuple[np.ndarray, np.ndarray]:
     """One record -> image uint8 (C, h, w) and mask uint8 (h, w) in {0, 1}, at ``size`` (a side or (h, w))."""
     im = _read(rec.image, channels)
     src_size = im.size
-    img = _square_array(im, size)
+    img = _resized_array(im, size)
     h, w = _size_hw(size)
     if rec.mask is None:
         return img, np.zeros((h, w), np.uint8)
@@ -652,11 +652,8 @@ def load_split(root: PathLike, category: str, split: str, image_size: int, chann
         DataError: missing/empty folder, unknown category, unreadable image, a defect
             image without mask, a mask whose size differs from its image.
     """
-    if split not in SPLITS:
-        raise DataError(f"split={split!r} is not known; use 'train' or 'test'")
     _check_size_channels(image_size, channels)
-    cat_dir = _category_dir(root, category).resolve()
-    return _load_records(_mvtec_records(cat_dir, split), image_size, channels, has_masks=True)
+    return _load_records(_split_records(root, category, split), image_size, channels, has_masks=True)
 
 
 def load_user_folder(
@@ -741,11 +738,16 @@ def load_user_folder(
     return train, test
 
 
-def split_paths(root: PathLike, category: str, split: str) -> list[str]:
-    """The image files of ``<root>/<category>/<split>`` in loading order, without decoding them."""
+def _split_records(root: PathLike, category: str, split: str) -> list[_Record]:
+    """The records of ``<root>/<category>/<split>`` in loading order (a bad split or category: :class:`DataError`)."""
     if split not in SPLITS:
         raise DataError(f"split={split!r} is not known; use 'train' or 'test'")
-    return [str(r.image) for r in _mvtec_records(_category_dir(root, category).resolve(), split)]
+    return _mvtec_records(_category_dir(root, category).resolve(), split)
+
+
+def split_paths(root: PathLike, category: str, split: str) -> list[str]:
+    """The image files of ``<root>/<category>/<split>`` in loading order, without decoding them."""
+    return [str(r.image) for r in _split_records(root, category, split)]
 
 
 def reload(image_set: ImageSet, image_size: int | tuple[int, int]) -> ImageSet:

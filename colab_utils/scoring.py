@@ -165,10 +165,11 @@ def scored_maps(
     scores (B,)): from the per-position standardised raw map when ``position`` is given and the image score
     norm is ``"position"``, else the family's own scores when it has them, else from ``maps``. Heatmaps are the
     raw maps, or their per-position z-scores under ``map_norm="position"``, through ``normalizer``. Traceable (the ONNX export runs it inside the graph)."""
-    base = position(out.maps) if position is not None and config.map_norm == "position" else out.maps
+    z = position(out.maps) if position is not None else None
+    base = z if z is not None and config.map_norm == "position" else out.maps
     maps = normalizer(base) if normalizer is not None else base
-    if position is not None and score_norm(config) == "position":
-        return maps, image_scores(position(out.maps), config)
+    if z is not None and score_norm(config) == "position":
+        return maps, image_scores(z, config)
     if out.scores is not None:
         return maps, out.scores.float()
     return maps, image_scores(maps, config)

@@ -260,7 +260,7 @@ class MemoryBankModel(nn.Module):
     def _remembered(self, images: Tensor, exclude: Tensor) -> Tensor | None:
         """The fit's own patch features of ``images`` (B, C, H, W), the training images (or their tiles, each
         image's tiles consecutive) at ``exclude`` (B,): (B * h * w, D), or None when not remembered."""
-        cache = getattr(self, "_fit_patches", None)
+        cache = self._fit_patches
         if cache is None or torch.jit.is_tracing():
             return None
         stride = self.extractor.stride
