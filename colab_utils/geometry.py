@@ -60,7 +60,10 @@ def tile_origins(length: int, tile: int, overlap: float) -> list[int]:
     ``length >= tile``; neighbouring tiles overlap by at least ``overlap`` (a fraction of ``tile``, in [0, 1)).
     """
     if length < tile:
-        raise ValueError(f"a side of {length} px is shorter than the tile ({tile} px)")
+        raise ValueError(
+            f"a side of {length} px is shorter than the tile ({tile} px); resize the images to Config.work_size "
+            f"(a canvas at least image_size on each side) before cutting"
+        )
     if length == tile:
         return [0]
     stride = max(1.0, tile * (1.0 - overlap))
