@@ -52,7 +52,7 @@ def rescore(source: Path, target: Path, overrides: dict, data_root: str, device)
     """Copy ``source/best.pt`` to ``target/best.pt`` with scoring ``overrides`` applied and recalibrated.
 
     Returns (training seconds, epochs) of the source run."""
-    if unknown := set(overrides) - RESUMABLE_FIELDS:
+    if unknown := set(overrides) - RESUMABLE_FIELDS - get_family(overrides.get("mode", "memory_bank")).resumable:
         raise SystemExit(f"--rescore changes scoring only; {sorted(unknown)} would need retraining (drop --rescore)")
     model, config, payload = load_trained(source, device)
     config = config.replace(**overrides)

@@ -25,9 +25,7 @@ import time
 import numpy as np
 import torch
 
-from colab_utils.augment import augment_batch
-from colab_utils.config import Config
-from colab_utils.corruption import synthesize_defects
+from colab_utils.config import MODES, Config
 from colab_utils.env import get_device
 from colab_utils.models import build_model, get_family
 from colab_utils.scoring import anomaly_maps
@@ -68,39 +66,23 @@ def inference(cfg: Config, device: torch.device, repeat: int, bank: int = 3277) 
 
 
 def train_step_rate(cfg: Config, device: torch.device, steps: int) -> float:
-    """Images per second of a full U-Net training step (augment + corrupt + forward + loss + backward)."""
+    """Images per second of a full training step of a gradient family (the U-Net: augment + corrupt + forward +
+    loss + backward), through the family's own batch loss."""
+    family = get_family(cfg)
     model = build_model(cfg, pretrained=False).to(device).train()
-    loss_fn = get_family(cfg).loss(cfg, device)
+    loss_fn = family.loss(cfg, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(cfg.batch_size, cfg.channels, cfg.image_size, cfg.image_size, device=device)
+    x = torch.randint(0, 256, (cfg.batch_size, cfg.channels, cfg.image_size, cfg.image_size), dtype=torch.uint8)
 
     def step():
-        clean = augment_batch(x, cfg.augmentations, gen)
-        inputs, _ = synthesize_defects(clean, gen, cfg.corruption_prob, cfg.corruptions)
-        loss, _ = loss_fn(model(inputs), clean)
+        loss, _ = family.batch_loss(model, loss_fn, x, True, cfg, device, gen, False)
         opt.zero_grad()
         loss.backward()
         opt.step()
 
     return cfg.batch_size / timed(step, device, steps)
 
-
-def feature_train_rate(cfg: Config, device: torch.device, steps: int) -> float:
-    model = build_model(cfg, pretrained=False).to(device)
-    ae = model.autoencoder.train()
-    loss_fn = get_family(cfg).loss(cfg, device)
-    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr)
-    grid = cfg.image_size // 4
-    f = torch.randn(cfg.batch_size, model.extractor.out_channels, grid, grid, device=device)
-
-    def step():
-        loss, _ = loss_fn(ae(f), f)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return cfg.batch_size / timed(step, device, steps)
 
 
 def metric_suite_seconds() -> float:
@@ -213,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--memory-bank needs --data-root (or MVTEC_ROOT)")
         rows = memory_bank_rows(args.data_root, args.memory_bank, device)
         return _print(rows, device)
-    for mode in ("memory_bank", "feature", "unet"):
+    for mode in MODES:
         cfg = Config(mode=mode)
         r = inference(cfg, device, args.repeat)
         rows.append((f"inference {mode} 256 px, batch 1", f"{r['latency_ms']:.0f} ms/image"))
@@ -228,9 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{r['images_per_s']:.1f} photos/s"))  # fmt: skip
     for size in (128, 256):
         cfg = Config(mode="unet", image_size=size, batch_size=8)
-        rows.append((f"train U-Net (width {cfg.base_width}) {size} px, batch 8", f"{train_step_rate(cfg, device, 3):.1f} images/s"))
-    cfg = Config(mode="feature", batch_size=16)
-    rows.append(("train feature AE 256 px (cached features), batch 16", f"{feature_train_rate(cfg, device, 5):.1f} images/s"))
+        rows.append((f"train U-Net (width {cfg.model.base_width}) {size} px, batch 8", f"{train_step_rate(cfg, device, 3):.1f} images/s"))
     if args.data_root:
         from colab_utils.train import load_data
 

@@ -39,12 +39,12 @@ def _config_from_args(args: argparse.Namespace, category: str, profile: str) -> 
 def _resolve_profile(requested: str, device: Any, mode: str) -> str:
     """``auto`` -> the profile the demo would pick (``smoke`` with SMOKE set, ``gpu`` with CUDA, else ``cpu``),
     printed with what it sets for ``mode``, so a CPU run never silently takes GPU-sized settings."""
-    from .config import PROFILES
+    from .models import get_family
     from .session import pick_profile
 
     profile = pick_profile(requested, device)
     why = f"chosen by --profile {requested}" if requested == "auto" else "as asked"
-    sets = ", ".join(f"{k}={v}" for k, v in PROFILES[profile].get(mode, {}).items()) or "nothing"
+    sets = ", ".join(f"{k}={v}" for k, v in get_family(mode).profiles[profile].items()) or "nothing"
     print(f"profile {profile!r} ({why}, device {device}): for mode {mode!r} it sets {sets}")
     return profile
 

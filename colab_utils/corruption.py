@@ -23,9 +23,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import DEFAULT_TEXTURES, TEXTURE_SOURCES  # noqa: F401 - TEXTURE_SOURCES is part of this module's API
-
-CORRUPTION_KINDS = ("perlin", "cutpaste", "scratch")
+#: The kinds of synthetic defect (``UNetSettings.corruptions``).
+CORRUPTIONS = ("perlin", "cutpaste", "scratch")
+CORRUPTION_KINDS = CORRUPTIONS
+#: Where a Perlin defect's foreign texture comes from, and the default mix (the one the U-Net's benchmark figures
+#: were measured with).
+TEXTURE_SOURCES = ("noise", "stripes", "other", "recolour")
+DEFAULT_TEXTURES = ("noise", "stripes", "other")
 
 #: Opacity of a Perlin-region texture, uniform in this range (1 = texture replaces the image).
 PERLIN_OPACITY = (0.3, 1.0)

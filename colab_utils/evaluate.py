@@ -154,56 +154,75 @@ def evaluate(
     With ``out_dir`` the result is written to ``out_dir/<category>/results.json``;
     ``export="npy"`` or ``"png16"`` also writes one anomaly map per test image.
     """
-    import torch
+    from .runs import TrainedRun
 
-    from .checkpoint import file_sha256
-    from .data import load_split, reload
-    from .scoring import MapNormalizer, PositionStats, predict
-    from .train import BEST, load_trained
+    trained = TrainedRun.load(run, device)
+    category = _checked_category(trained, category, allow_other_category)
+    test_set = _test_set(trained.config, category, data_root, test_set)
+    start = time.perf_counter()
+    pred = _predict(trained, test_set.images, batch_size, progress, f"eval {category}")
+    infer_s = time.perf_counter() - start
+    result = _result(trained, category, test_set, pred, infer_s)
+    if out_dir is not None:
+        write_results(result, Path(out_dir) / category, checkpoint=str(trained.payload.get("loaded_from", trained.path)))
+        if export:
+            export_maps(result, Path(out_dir) / category / "maps", export)
+    return result
 
-    run = Path(run)
-    ckpt_file = run / BEST if run.is_dir() else run
-    model, config, state = load_trained(ckpt_file, device)
-    category = category or config.category
-    if category != config.category and not allow_other_category:
+
+def _checked_category(trained: Any, category: str | None, allow_other: bool) -> str:
+    """The category to evaluate: the run's own unless another is asked for on purpose."""
+    trained_on = trained.config.category
+    category = category or trained_on
+    if category != trained_on and not allow_other:
         raise ValueError(
-            f"{ckpt_file} was trained on category {config.category!r}, not {category!r}: its scores on {category!r} "
+            f"{trained.path} was trained on category {trained_on!r}, not {category!r}: its scores on {category!r} "
             f"would mean nothing. Evaluate the run trained on {category!r} (train it first), or pass "
             f"--allow-other-category (Python: allow_other_category=True) to score it there on purpose"
         )
+    return category
+
+
+def _test_set(config: Any, category: str, data_root: Any, test_set: Any) -> Any:
+    """The test images at the run's input size: ``test_set`` (reloaded when it was loaded at another size, e.g.
+    before ``fit`` settled the geometry) or the category's test split under ``data_root``."""
+    from .data import load_split, reload
+
     if test_set is None:
         if data_root is None:
             raise ValueError("evaluate needs data_root (an MVTec-layout folder) or test_set")
-        test_set = load_split(data_root, category, "test", config.work_size, config.channels)
-    elif tuple(test_set.images.shape[-2:]) != config.work_size:  # e.g. loaded before fit settled the geometry
-        test_set = reload(test_set, config.work_size)
-    calibration = state.get("calibration") or {}
-    if not calibration:
-        raise ValueError(f"{ckpt_file} has no calibration; finish training with colab_utils.train.fit first")
-    normalizer = MapNormalizer.from_dict(calibration["normalizer"])
-    position = PositionStats.from_calibration(calibration)
+        return load_split(data_root, category, "test", config.work_size, config.channels)
+    if tuple(test_set.images.shape[-2:]) != config.work_size:
+        return reload(test_set, config.work_size)
+    return test_set
 
-    start = time.perf_counter()
-    pred = predict(
-        model, test_set.images, config, device, normalizer, batch_size, progress=progress, desc=f"eval {category}",
-        position=position,
-    )
-    if torch.device(device).type == "cuda":
+
+def _predict(trained: Any, images: Any, batch_size: int, progress: bool, desc: str) -> dict[str, Any]:
+    """:func:`colab_utils.scoring.predict` with the run's normalisation, finished before it returns (CUDA)."""
+    import torch
+
+    from .scoring import predict
+
+    pred = predict(trained.model, images, trained.config, trained.device, trained.normalizer, batch_size,
+                   progress=progress, desc=desc, position=trained.position)  # fmt: skip
+    if trained.device.type == "cuda":
         torch.cuda.synchronize()
-    infer_s = time.perf_counter() - start
+    return pred
 
+
+def _result(trained: Any, category: str, test_set: Any, pred: dict[str, Any], infer_s: float) -> EvalResult:
+    """Metrics at every threshold and at the run's defaults, as an :class:`EvalResult`."""
     labels = test_set.labels.numpy().astype(np.int64)
     masks = test_set.masks[:, 0].numpy().astype(np.uint8)
-    has_masks = getattr(test_set, "has_masks", True)
+    used_masks = masks if getattr(test_set, "has_masks", True) else None
     start = time.perf_counter()
-    metrics, thresholds = compute_metrics(labels, pred["scores"], masks if has_masks else None, pred["maps"], list(test_set.defect_types))
+    metrics, thresholds = compute_metrics(labels, pred["scores"], used_masks, pred["maps"], list(test_set.defect_types))
     metrics_s = time.perf_counter() - start
-    thresholds.update(image_default=calibration["image_threshold"], pixel_default=calibration["pixel_threshold"])
+    thresholds.update(image_default=trained.image_threshold, pixel_default=trained.pixel_threshold)
     metrics["at_default_thresholds"] = operating_points(
-        labels, pred["scores"], masks if has_masks else None, pred["maps"], thresholds["image_default"],
-        thresholds["pixel_default"],
+        labels, pred["scores"], used_masks, pred["maps"], thresholds["image_default"], thresholds["pixel_default"]
     )
-    result = EvalResult(
+    return EvalResult(
         category=category,
         images=test_set.images.numpy(),
         recons=pred["recons"],
@@ -215,21 +234,16 @@ def evaluate(
         paths=[str(p) for p in test_set.paths],
         metrics=metrics,
         thresholds={k: float(v) for k, v in thresholds.items()},
-        config=config.to_dict(),
-        checkpoint_sha256=file_sha256(state["loaded_from"]),
-        calibration_source=calibration.get("source", "held_out"),
-        trained_category=config.category,
+        config=trained.config.to_dict(),
+        checkpoint_sha256=trained.checkpoint_sha256,
+        calibration_source=trained.calibration.get("source", "held_out"),
+        trained_category=trained.config.category,
         timings={
             "inference_seconds": infer_s,
             "images_per_second": len(labels) / infer_s if infer_s > 0 else float("nan"),
             "metrics_seconds": metrics_s,
         },
     )
-    if out_dir is not None:
-        write_results(result, Path(out_dir) / category, checkpoint=str(state["loaded_from"]))
-        if export:
-            export_maps(result, Path(out_dir) / category / "maps", export)
-    return result
 
 
 def _clean(value: Any) -> Any:

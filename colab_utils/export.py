@@ -23,46 +23,37 @@ import inspect
 import json
 import os
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["ScoringGraph", "export_inspector", "export_onnx", "onnx_session", "run_onnx"]
+from .runs import TrainedRun
+from .scoring import anomaly_maps, scored_maps
+
+__all__ = ["OPSETS", "ScoringGraph", "export_onnx", "export_run", "onnx_session", "run_onnx"]
+
+#: ONNX opsets the graph exports to (it needs opset 14's operators; torch's exporter writes up to 20).
+OPSETS = range(14, 21)
 
 
 class ScoringGraph(nn.Module):
-    """An :class:`~colab_utils.inspector.Inspector`'s scoring as one module: images (B, C, H, W) in [0, 1] at
-    ``config.work_size`` -> (normalised anomaly maps (B, H, W), image scores (B,)), equal to what ``Inspector.score_batch`` returns."""
+    """A :class:`~colab_utils.runs.TrainedRun`'s scoring as one module: images (B, C, H, W) in [0, 1] at
+    ``config.work_size`` -> (normalised anomaly maps (B, H, W), image scores (B,)), equal to what
+    ``Inspector.score_batch`` returns."""
 
-    def __init__(self, inspector: Any) -> None:
+    def __init__(self, run: TrainedRun) -> None:
         super().__init__()
-        self.model = inspector.model
-        self.config = inspector.config
-        self.normalizer = inspector.normalizer
-        self.position = inspector.position
+        self.model = run.model
+        self.config = run.config
+        self.normalizer = run.normalizer
+        self.position = run.position
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from .scoring import anomaly_maps, scored_maps
-
         maps, scores = scored_maps(anomaly_maps(self.model, images, self.config), self.config, self.normalizer,
                                    self.position)  # fmt: skip
         return maps[:, 0], scores
-
-
-@contextmanager
-def _exportable(model: nn.Module):
-    """Search settings a trace can follow: the torch search in one block (no faiss, no query chunks)."""
-    saved = [(m, m.search, m.search_chunk) for m in model.modules() if hasattr(m, "search_chunk")]
-    for m, _, _ in saved:
-        m.search, m.search_chunk = "torch", 2**31 - 1
-    try:
-        yield
-    finally:
-        for m, search, chunk in saved:
-            m.search, m.search_chunk = search, chunk
 
 
 def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, opset: int = 17) -> tuple[Path, Path]:
@@ -70,30 +61,34 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, op
 
     Files are written to temporary names and renamed, so an interrupted export leaves no half file.
     """
-    from .inspector import Inspector
+    _check_opset(opset)
+    trained = TrainedRun.load(run, "cpu")
+    return export_run(trained, Path(out) if out is not None else trained.path.parent, opset)
 
-    inspector = Inspector.load(run, "cpu")
-    return export_inspector(inspector, Path(out) if out is not None else Path(inspector.source).parent, opset)
+
+def _check_opset(opset: int) -> None:
+    if not isinstance(opset, int) or opset not in OPSETS:
+        raise ValueError(f"--opset {opset}: the graph exports to ONNX opsets {OPSETS.start}-{OPSETS.stop - 1}; "
+                         "leave it out for the default 17")  # fmt: skip
 
 
-def export_inspector(inspector: Any, folder: str | os.PathLike, opset: int = 17) -> tuple[Path, Path]:
-    """:func:`export_onnx` of an already loaded :class:`~colab_utils.inspector.Inspector` into ``folder``."""
+def export_run(run: TrainedRun, folder: str | os.PathLike, opset: int = 17) -> tuple[Path, Path]:
+    """:func:`export_onnx` of an already loaded run into ``folder``."""
+    _check_opset(opset)
     try:
         import onnx  # noqa: F401 - the exporter needs it
     except ImportError as exc:
         raise RuntimeError("ONNX export needs the optional package onnx: pip install onnx onnxruntime") from exc
-    from .checkpoint import file_sha256
-
-    config = inspector.config
+    config = run.config
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path, side_path = folder / "model.onnx", folder / "model.json"
-    graph = ScoringGraph(inspector).eval()
+    graph = ScoringGraph(run).eval()
     height, width = config.work_size
-    example = torch.rand(2, config.channels, height, width, device=inspector.device)
+    example = torch.rand(2, config.channels, height, width, device=run.device)
     tmp = onnx_path.with_name(onnx_path.name + ".tmp")
     options = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    with _exportable(inspector.model), torch.no_grad(), warnings.catch_warnings():
+    with run.family.exportable(run.model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant for a fixed input size
         torch.onnx.export(
             graph, (example,), str(tmp), input_names=["images"], output_names=["anomaly_map", "image_score"],
@@ -117,11 +112,11 @@ def export_inspector(inspector: Any, folder: str | os.PathLike, opset: int = 17)
             "scale": "uint8 / 255",
             "layout": "NCHW",
         },
-        "thresholds": {"image": inspector.image_threshold, "pixel": inspector.pixel_threshold,
-                       "source": inspector.calibration_source},  # fmt: skip
+        "thresholds": {"image": run.image_threshold, "pixel": run.pixel_threshold,
+                       "source": run.calibration.get("source", "held_out")},  # fmt: skip
         "verdict": "DEFECT when image_score >= thresholds.image; defect mask: anomaly_map >= thresholds.pixel",
-        "checkpoint": inspector.source,
-        "checkpoint_sha256": file_sha256(inspector.source),
+        "checkpoint": str(run.path),
+        "checkpoint_sha256": run.checkpoint_sha256,
         "config": config.to_dict(),
     }
     tmp = side_path.with_name(side_path.name + ".tmp")

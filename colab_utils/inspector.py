@@ -30,6 +30,7 @@ import torch
 
 from .data import IMAGE_EXTENSIONS, DataError, natural_key, read_image, resize_image
 from .geometry import MAX_ASPECT
+from .runs import TrainedRun
 
 #: Images with a shorter side below this are skipped by ``predict`` with the reason (a 1 x 1 file is no photo).
 MIN_SIDE = 16
@@ -151,52 +152,20 @@ class Inspector:
     (from good images only); change them on the instance to trade false alarms against missed defects.
     """
 
-    def __init__(self, model: torch.nn.Module, config: Any, calibration: dict[str, Any], device: Any, source: str):
-        from .scoring import MapNormalizer, PositionStats
-
-        self.model, self.config, self.device, self.source = model, config, torch.device(device), source
-        self.normalizer = MapNormalizer.from_dict(calibration["normalizer"])
-        self.position = PositionStats.from_calibration(calibration)
-        self.image_threshold = float(calibration["image_threshold"])
-        self.pixel_threshold = float(calibration["pixel_threshold"])
-        self.calibration_source = calibration.get("source", "held_out")
+    def __init__(self, run: TrainedRun) -> None:
+        self.run = run
+        self.model, self.config, self.device, self.source = run.model, run.config, run.device, str(run.path)
+        self.normalizer, self.position = run.normalizer, run.position
+        self.image_threshold = run.image_threshold
+        self.pixel_threshold = run.pixel_threshold
+        self.calibration_source = run.calibration.get("source", "held_out")
         self.onnx_session: Any = None  # set by use_onnx(); score_batch then runs onnxruntime
 
     @classmethod
     def load(cls, run: str | os.PathLike, device: Any = None) -> Inspector:
-        """From a run folder (``RUNS/<category>``, holding ``best.pt``) or a checkpoint file.
-
-        ``device``: default the GPU when there is one (:func:`colab_utils.env.get_device`). Raises
-        ``FileNotFoundError`` for a missing run or an unfinished one (no ``best.pt``), and ``ValueError`` for
-        a checkpoint without calibration; each message says how to fix it.
-        """
-        from .env import get_device
-        from .train import BEST, LAST, load_trained
-
-        path = Path(run).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(
-                f"run {path} does not exist; pass the folder that training wrote (RUNS/<category>, holding {BEST}), "
-                "e.g. train one with: python -m colab_utils train --data-root DATA --category bottle --out RUNS"
-            )
-        ckpt_file = path / BEST if path.is_dir() else path
-        if not ckpt_file.is_file():
-            unfinished = (path / LAST).is_file()
-            raise FileNotFoundError(
-                f"run {path} has no finished model ({BEST} is missing"
-                + (f"; {LAST} shows training started but did not finish" if unfinished else "")
-                + "). Finish training first: run the same `python -m colab_utils train` command (or notebook 02) "
-                "again; it resumes where it stopped"
-            )
-        device = get_device() if device is None else device
-        model, config, state = load_trained(ckpt_file, device)
-        calibration = state.get("calibration") or {}
-        if not calibration:
-            raise ValueError(
-                f"{ckpt_file} holds a model but no thresholds (its calibration is missing); rerun the training "
-                "command for this run: it calibrates from good images and rewrites the file"
-            )
-        return cls(model, config, calibration, device, str(ckpt_file))
+        """From a run folder (``RUNS/<category>``, holding ``best.pt``) or a checkpoint file
+        (:meth:`colab_utils.runs.TrainedRun.load`, whose errors say how to fix a missing or unfinished run)."""
+        return cls(TrainedRun.load(run, device))
 
     def use_onnx(self, onnx_path: str | os.PathLike | None = None, threads: int | None = None) -> Inspector:
         """Score with onnxruntime on the CPU instead of torch (measured 2-4x faster on CPUs; benchmarks/README.md).
@@ -206,18 +175,17 @@ class Inspector:
         """
         import json
 
-        from .checkpoint import file_sha256
-        from .export import export_inspector, onnx_session
+        from .export import export_run, onnx_session
 
         if onnx_path is None:
             onnx_path = Path(self.source).parent / "model.onnx"
             sidecar = onnx_path.with_suffix(".json")
-            current = file_sha256(self.source)
+            current = self.run.checkpoint_sha256
             stale = not onnx_path.is_file() or not sidecar.is_file()
             if not stale:
                 stale = json.loads(sidecar.read_text()).get("checkpoint_sha256") != current
             if stale:
-                onnx_path, _ = export_inspector(self, onnx_path.parent)
+                onnx_path, _ = export_run(self.run, onnx_path.parent)
         self.onnx_session = onnx_session(onnx_path, threads)
         return self
 

@@ -1,7 +1,7 @@
-"""Training losses: multi-scale MSE + SSIM (+ perceptual) for the U-Net, MSE (+ cosine) for feature mode.
+"""The U-Net's training loss: multi-scale MSE + SSIM (+ perceptual).
 
-Both losses are called the same way, ``total, parts = loss_fn(model(inputs), clean_images)``, and return a scalar
-tensor to back-propagate and a dict of plain floats for logging.
+It is called as ``total, parts = loss_fn(model(inputs), clean_images)`` and returns a scalar tensor to
+back-propagate and a dict of plain floats for logging.
 
 kornia's SSIM conventions, which bite here (kornia 0.9):
 
@@ -56,9 +56,9 @@ class ReconstructionLoss(nn.Module):
     the target (the target's features without gradient). Terms with weight 0 are not computed.
 
     Args:
-        config: a :class:`~colab_utils.config.Config` (fields ``out_scales``, ``loss_scale_weights``,
-            ``loss_mse_weight``, ``loss_ssim_weight``, ``loss_perceptual_weight``, ``ssim_window``, and for the
-            perceptual term ``backbone``, ``feature_layers``, ``pretrained``).
+        config: a :class:`~colab_utils.config.Config` of the U-Net (its ``model`` fields ``out_scales``,
+            ``loss_scale_weights``, ``loss_mse_weight``, ``loss_ssim_weight``, ``loss_perceptual_weight``,
+            ``ssim_window``, ``feature_layers``, and ``backbone``, ``pretrained`` for the perceptual term).
         perceptual_extractor: the frozen extractor for the perceptual term; built from the config when
             ``loss_perceptual_weight > 0`` and none is given. It is a sub-module, so ``.to(device)`` moves it, and
             it is moved to the target's device automatically on first use.
@@ -70,15 +70,14 @@ class ReconstructionLoss(nn.Module):
 
     def __init__(self, config, perceptual_extractor: FeatureExtractor | None = None) -> None:
         super().__init__()
-        self.scale_weights = {int(s): float(w) for s, w in zip(config.out_scales, config.loss_scale_weights)}
-        self.mse_weight = float(config.loss_mse_weight)
-        self.ssim_weight = float(config.loss_ssim_weight)
-        self.perceptual_weight = float(config.loss_perceptual_weight)
-        self.ssim_window = int(config.ssim_window)
+        m = config.model
+        self.scale_weights = {int(s): float(w) for s, w in zip(m.out_scales, m.loss_scale_weights)}
+        self.mse_weight = float(m.loss_mse_weight)
+        self.ssim_weight = float(m.loss_ssim_weight)
+        self.perceptual_weight = float(m.loss_perceptual_weight)
+        self.ssim_window = int(m.ssim_window)
         if self.perceptual_weight > 0 and perceptual_extractor is None:
-            perceptual_extractor = FeatureExtractor(
-                config.backbone, layers=tuple(config.feature_layers), pretrained=config.pretrained
-            )
+            perceptual_extractor = FeatureExtractor(config.backbone, layers=tuple(m.feature_layers), pretrained=config.pretrained)
         self.extractor = perceptual_extractor if self.perceptual_weight > 0 else None
 
     def forward(self, outputs: dict, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -121,63 +120,3 @@ class ReconstructionLoss(nn.Module):
         values.append(total.detach())
         parts = dict(zip(names, torch.stack(values).tolist()))  # one device sync for all parts
         return total, parts
-
-
-class FeatureLoss(nn.Module):
-    """Loss of the feature autoencoder: ``mse_weight * MSE + cosine_weight * mean(1 - cos)``.
-
-    ``cos`` is the cosine similarity of the reconstructed and target feature vectors at each grid position
-    (along channels); 1 - cos lies in [0, 2].
-
-    ``forward(outputs, target=None)``: ``outputs`` as returned by :class:`~colab_utils.models.FeatureModel`,
-    ``{"features": (B, F, h, w), 1: (B, F, h, w)}``. The target is ``outputs["features"]``; the second argument
-    is accepted only so both losses are called alike (``loss_fn(outputs, images)``) and is used only when
-    ``outputs`` has no ``"features"`` (then it must be a feature tensor of the reconstruction's shape).
-    Returns ``(total, {"mse", "cosine", "total"})``; 0 for identical features (the cosine term up to rounding).
-    """
-
-    def __init__(self, mse_weight: float = 1.0, cosine_weight: float = 0.0) -> None:
-        super().__init__()
-        self.mse_weight = float(mse_weight)
-        self.cosine_weight = float(cosine_weight)
-
-    def forward(self, outputs: dict, target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        recon = outputs[1].float()
-        target = outputs["features"] if "features" in outputs else target
-        if target is None or target.shape != recon.shape:
-            got = None if target is None else tuple(target.shape)
-            raise ValueError(f"feature target must have the reconstruction's shape {tuple(recon.shape)}; got {got}")
-        target = target.detach().float()
-        total = recon.new_zeros(())
-        names, values = [], []
-        if self.mse_weight:
-            mse = F.mse_loss(recon, target)
-            total = total + self.mse_weight * mse
-            names.append("mse")
-            values.append(mse.detach())
-        if self.cosine_weight:
-            cosine = (1.0 - F.cosine_similarity(recon, target, dim=1, eps=1e-8)).mean()
-            total = total + self.cosine_weight * cosine
-            names.append("cosine")
-            values.append(cosine.detach())
-        names.append("total")
-        values.append(total.detach())
-        return total, dict(zip(names, torch.stack(values).tolist()))
-
-
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Binary focal loss (Lin et al., 2017), averaged over every pixel; the discriminative head's loss.
-
-    ``mean((1 - p_t) ** gamma * BCE(logits, target))`` with ``p_t`` the predicted probability of the true class
-    (``exp(-BCE)``). ``logits`` real, ``target`` in {0, 1} (or soft in [0, 1]), same shape, e.g. (B, 1, H, W).
-    ``gamma=0`` is plain binary cross-entropy; larger values down-weight the many easy pixels (a clean
-    background), which keeps small defects from being drowned out. No class weight ``alpha`` (torchvision's
-    ``sigmoid_focal_loss`` with ``alpha=-1`` computes the same per-element values). Returns a scalar float32 >= 0.
-    """
-    if logits.shape != target.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have one shape")
-    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
-    if gamma == 0:
-        return bce.mean()
-    p_t = torch.exp(-bce)
-    return ((1.0 - p_t) ** gamma * bce).mean()

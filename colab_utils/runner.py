@@ -144,29 +144,27 @@ def demo_plan(out: str | Path, profile: str = "auto") -> dict[str, Any]:
     return {"data_root": data_root, "categories": categories, "profile": profile, "out": out}
 
 
-#: The mode the demo falls back to when the default mode's ImageNet weights cannot be had (it needs none).
-OFFLINE_MODE = "unet"
-
-
 def demo_mode(mode: str | None = None, log: Any = print) -> str:
-    """The model family the demo trains: ``mode`` (default: ``Config``'s), or :data:`OFFLINE_MODE` when that
-    one needs ImageNet weights that are neither on disk nor downloadable (said in two plain lines)."""
+    """The model family the demo trains: ``mode`` (default: ``Config``'s), or the first registered family that
+    needs no ImageNet weights when that one needs weights that are neither on disk nor downloadable (said in two
+    plain lines)."""
     from .backbones import weights_cache_path, weights_file_name, weights_obtainable
-    from .config import Config
+    from .config import MODES, Config
     from .models import get_family
 
     cfg = Config(mode=mode) if mode else Config()
     if not get_family(cfg).needs_weights(cfg) or weights_obtainable(cfg.backbone):
         return cfg.mode
+    offline = next(m for m in MODES if not get_family(m).needs_weights(Config(mode=m)))
     log(
         f"The ImageNet weights that mode {cfg.mode!r} needs ({weights_file_name(cfg.backbone)}) are not at "
         f"{weights_cache_path(cfg.backbone).parent} and cannot be downloaded (no network)."
     )
     log(
-        f"The demo trains mode {OFFLINE_MODE!r} instead, which needs none. To use {cfg.mode!r}, put the file there "
+        f"The demo trains mode {offline!r} instead, which needs none. To use {cfg.mode!r}, put the file there "
         "or run `make demo SHARED_WEIGHTS=/folder/with/the/file` (README: 'ImageNet weights')."
     )
-    return OFFLINE_MODE
+    return offline
 
 
 class NotebookFailed(RuntimeError):

@@ -51,7 +51,7 @@ def pick_profile(profile: str, device: torch.device | str, smoke: bool | None = 
     if profile == "auto":
         return "gpu" if torch.device(device).type == "cuda" else "cpu"
     if profile not in PROFILES:
-        raise ValueError(f"PROFILE={profile!r} unknown; use 'auto' or one of {sorted(PROFILES)}")
+        raise ValueError(f"PROFILE={profile!r} unknown; use 'auto' or one of {list(PROFILES)}")
     return profile
 
 

@@ -37,10 +37,8 @@ from . import geometry
 from .config import Config
 from .data import DataError, ImageSet, image_sizes, load_split, reload, split_paths, split_train_val
 from .models import build_model, get_family
+from .runs import BEST, LAST, is_finished, load_trained  # noqa: F401 - part of this module's API
 from .scoring import calibrate
-
-LAST = "last.pt"
-BEST = "best.pt"
 
 
 class TrainingDiverged(RuntimeError):
@@ -343,13 +341,9 @@ def _fit(config, data_root, run_dir, device, progress, train_set, val_set, resum
 
 
 def describe_fit(result: TrainResult) -> str:
-    """One line on what fitting did: epochs and best loss, or the direct fit's figures (memory bank)."""
-    info = result.fit_info
-    if info:
-        return (
-            f"bank of {info.get('bank_size', 0):,} patches from {info.get('patches_seen', 0):,} "
-            f"({info.get('images', 0)} images, fitted in {info.get('fit_seconds', 0.0):.1f} s)"
-        )
+    """One line on what fitting did: epochs and best loss, or the family's own line on its direct fit."""
+    if result.fit_info:
+        return get_family(result.config).describe_fit(result.fit_info)
     return f"{result.epochs_done} epochs, best val loss {result.best_val_loss:.5f}"
 
 
@@ -445,45 +439,6 @@ def calibrate_run(model, config, device, best_path, train_set, val_set, batch_si
             best.pop(key, None)
         ckpt.save_checkpoint(best_path, best, keep_previous=False)
     return calibration
-
-
-def load_trained(run_dir_or_file: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config, dict]:
-    """Rebuild the model from ``best.pt`` (or the given file) for inference.
-
-    Returns (model in eval mode on ``device``, its Config, the checkpoint payload).
-    A checkpoint whose weights do not fit the architecture its config describes
-    raises :class:`~colab_utils.checkpoint.CheckpointError`.
-    """
-    path = Path(run_dir_or_file)
-    if path.is_dir():
-        path = path / BEST
-    state = ckpt.load_checkpoint(path, map_location=device)
-    config = Config.from_dict(state["config"])
-    model = build_model(config, pretrained=False).to(device)  # all weights come from the checkpoint
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise ckpt.CheckpointError(
-            f"{path}: weights do not match the model its config describes ({str(exc).splitlines()[0]}); "
-            "the file was probably edited or written by another version. Retrain into a new folder"
-        ) from exc
-    model.eval()
-    return model, config, state
-
-
-def is_finished(run_dir: str | Path, config: Config) -> bool:
-    """True when ``run_dir`` holds a calibrated ``best.pt`` and ``last.pt`` has reached ``config.epochs``."""
-    run_dir = Path(run_dir)
-    if not (run_dir / LAST).exists() or not (run_dir / BEST).exists():
-        return False
-    try:
-        last = ckpt.load_checkpoint(run_dir / LAST)
-        best = ckpt.load_checkpoint(run_dir / BEST)
-    except ckpt.CheckpointError:
-        return False
-    return last["epoch"] >= config.epochs and bool(best.get("calibration")) and not config.mismatches(
-        Config.from_dict(last["config"])
-    )
 
 
 def train_all(

@@ -76,7 +76,7 @@ def alpha():
 
 @pytest.fixture(scope="module")
 def beta():
-    """Synthetic RGB feature-mode EvalResult (recons=None), 6 images of 64 px."""
+    """Synthetic RGB memory-bank EvalResult (recons=None), 6 images of 64 px."""
     from helpers import make_result
 
     return make_result("beta", ["good", "good", "good", "scratch", "dent", "dent"], 3, False, 1)

@@ -67,7 +67,7 @@ def make_result(category: str, defect_types: list[str], channels: int, with_reco
             "per_defect_image_auroc": per_defect,
         },
         thresholds={"image_default": 2.0, "image_f1_optimal": 1.1, "pixel_default": 1.0, "pixel_f1_optimal": 1.5},
-        config={"mode": "unet" if with_recons else "feature"},
+        config={"mode": "unet" if with_recons else "memory_bank"},
     )
 
 

@@ -18,17 +18,17 @@ REQUIRED = ("image_auroc", "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1_ma
 
 
 @pytest.fixture(scope="module")
-def bottle_feature_run(mvtec_root, weights_dir, tmp_path_factory):
-    """A short feature-mode run on real bottle images with the offline MobileNetV2 weights."""
+def bottle_bank_run(mvtec_root, weights_dir, tmp_path_factory):
+    """A memory-bank run at 128 px on real bottle images with the offline MobileNetV2 weights."""
     with offline_torch_home(weights_dir, tmp_path_factory.mktemp("torch_home")):
-        cfg = Config.for_category("bottle", mode="feature", image_size=128, epochs=8, batch_size=16)
+        cfg = Config.for_category("bottle", mode="memory_bank", image_size=128, batch_size=16)
         runs = tmp_path_factory.mktemp("runs")
         fit(cfg, mvtec_root, runs / "bottle", progress=False, log=lambda m: None)
         yield runs, cfg
 
 
-def test_feature_mode_detects_real_bottle_defects(bottle_feature_run, mvtec_root):
-    runs, cfg = bottle_feature_run
+def test_memory_bank_detects_real_bottle_defects(bottle_bank_run, mvtec_root):
+    runs, cfg = bottle_bank_run
     result = evaluate(runs / "bottle", mvtec_root, out_dir=runs, export="npy", progress=False)
     assert result.metrics["image_auroc"] > 0.9, result.metrics
     assert result.metrics["pixel_auroc"] > 0.9, result.metrics
@@ -56,8 +56,8 @@ def test_feature_mode_detects_real_bottle_defects(bottle_feature_run, mvtec_root
     np.testing.assert_allclose(np.load(runs / "bottle" / "maps" / dtype / f"{stem}.npy"), result.maps[0])
 
 
-def test_summary_table_has_mean_row(bottle_feature_run):
-    runs, _ = bottle_feature_run
+def test_summary_table_has_mean_row(bottle_bank_run):
+    runs, _ = bottle_bank_run
     results = [load_results(runs / "bottle")]
     md, csv = write_summary(results, runs)
     lines = csv.read_text().strip().splitlines()

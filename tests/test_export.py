@@ -22,7 +22,7 @@ except ImportError as exc:  # optional at run time; in requirements-dev.txt, so 
     pytest.skip(f"{exc.name} is not installed (pip install onnx onnxruntime)", allow_module_level=True)
 
 
-@pytest.mark.parametrize("mode", ["memory_bank", "unet", "feature"])
+@pytest.mark.parametrize("mode", ["memory_bank", "unet"])
 def test_onnx_output_equals_torch_on_real_images(mode, mvtec_root, offline_torch_home, tmp_path, capsys):
     from colab_utils.export import run_onnx
 

@@ -53,7 +53,7 @@ def test_gallery_category_switch(gallery, beta):
     assert gallery.threshold.value == pytest.approx(beta.thresholds["pixel_default"])
     assert gallery.image.value != first_png
     assert "beta/test/good/000.png" in gallery.caption.value
-    # feature mode: the reconstruction panel is the gray note panel
+    # memory bank: the reconstruction panel is the gray note panel
     recon_panel = gallery.current_panels[20 + 5 : 20 + 60, 64 + 6 + 2 : 2 * 64 + 6 - 2]
     assert np.median(recon_panel.reshape(-1, 3), axis=0).tolist() == [60, 60, 60]
 

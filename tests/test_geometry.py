@@ -177,11 +177,11 @@ def test_a_defect_drawn_in_a_tall_photo_lands_in_place_in_map_mask_and_csv(tall_
 def test_tiled_run_exports_to_onnx_with_the_tiling_inside_the_graph(tall_run):
     if not os.environ.get("CI"):  # optional at run time; in requirements-dev.txt, so CI must have it
         pytest.importorskip("onnxruntime")
-    from colab_utils.export import export_inspector, run_onnx
+    from colab_utils.export import export_run, run_onnx
 
     _, run, _, _ = tall_run
     inspector = Inspector.load(run, "cpu")
-    onnx_path, side = export_inspector(inspector, run / "onnx")
+    onnx_path, side = export_run(inspector.run, run / "onnx")
     meta = json.loads(side.read_text())
     assert meta["inputs"]["images"]["shape"] == ["batch", 1, 168, 64] and meta["preprocessing"]["geometry"] == "tile"
     images = torch.from_numpy(np.stack([_texture(np.random.default_rng(i), 168, 64)[None] for i in range(3)]))
@@ -213,9 +213,9 @@ def test_a_folder_of_mixed_sizes_works_in_every_geometry(geom, tmp_path):
     assert all(p.anomaly_map.shape == (p.height, p.width) for p in report.predictions)
     if not os.environ.get("CI"):  # optional at run time; in requirements-dev.txt, so CI must have it
         pytest.importorskip("onnxruntime")
-    from colab_utils.export import export_inspector, run_onnx
+    from colab_utils.export import export_run, run_onnx
 
-    onnx_path, _ = export_inspector(inspector, tmp_path / "onnx")
+    onnx_path, _ = export_run(inspector.run, tmp_path / "onnx")
     x = torch.from_numpy(np.stack([_texture(rng, *result.config.work_size)[None] for _ in range(2)]))
     scores, maps = inspector.score_batch(x)
     onnx_maps, onnx_scores = run_onnx(onnx_path, x.float().numpy() / 255.0)

@@ -184,7 +184,7 @@ def test_bank_round_trips_through_a_checkpoint_bit_for_bit(sample_root, tmp_path
 def test_wrong_family_or_backbone_checkpoint_gives_a_clear_error(sample_root, tmp_path):
     fit(_tiny_bank(), sample_root, tmp_path / "run", **QUIET)
     with pytest.raises(ckpt.CheckpointError, match="mode"):
-        fit(_tiny_bank(mode="feature"), sample_root, tmp_path / "run", **QUIET)
+        fit(Config.for_category("sample", mode="unet", image_size=64, epochs=1), sample_root, tmp_path / "run", **QUIET)
     with pytest.raises(ckpt.CheckpointError, match="backbone"):
         fit(_tiny_bank(backbone="resnet18"), sample_root, tmp_path / "run", **QUIET)
     # a bank loaded into a model of another backbone: named, not a raw state_dict traceback

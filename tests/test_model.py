@@ -1,5 +1,5 @@
-"""Tests of colab_utils.models (U-Net and feature families): shapes and ranges, skip levels, GroupNorm batch independence, feature mode,
-build_model, and a short real-data training run that lowers the loss."""
+"""Tests of colab_utils.models: U-Net shapes and ranges, skip levels, GroupNorm batch independence, build_model,
+self-contained checkpoints, and a short real-data training run that lowers the loss."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import torch
 
 from colab_utils import backbones
 from colab_utils.augment import augment_batch
-from colab_utils.backbones import FeatureExtractor
 from colab_utils.config import Config
 from colab_utils.corruption import synthesize_defects
 from colab_utils.losses import ReconstructionLoss
-from colab_utils.models import FeatureAutoencoder, FeatureModel, UNetAutoencoder, build_model, count_parameters
+from colab_utils.models import UNetAutoencoder, build_model, count_parameters
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -68,50 +67,6 @@ def test_unet_output_of_an_image_does_not_depend_on_its_batch():
     torch.testing.assert_close(batched[2:3], alone, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("downsample", [False, True])
-@pytest.mark.parametrize("hw", [(32, 32), (17, 23)])
-def test_feature_autoencoder_shapes(downsample, hw):
-    ae = FeatureAutoencoder(152, latent=16, downsample=downsample)
-    f = torch.randn(2, 152, *hw) * 3
-    out = ae(f)
-    assert list(out) == [1] and out[1].shape == f.shape
-    assert out[1].min() < 0  # unbounded: no sigmoid
-    with pytest.raises(ValueError, match="expected features"):
-        ae(torch.randn(2, 10, 8, 8))
-
-
-def test_feature_autoencoder_default_is_per_position():
-    # without downsampling, changing the features at one place changes the reconstruction only there
-    torch.manual_seed(0)
-    ae = FeatureAutoencoder(32, latent=8).eval()
-    f = torch.randn(1, 32, 8, 8)
-    g = f.clone()
-    g[..., 3, 4] += 5.0
-    with torch.no_grad():
-        diff = (ae(f)[1] - ae(g)[1]).abs().sum(1)[0]
-    assert diff[3, 4] > 0
-    diff[3, 4] = 0
-    assert diff.max() == 0
-
-
-def test_feature_model_outputs_state_and_trainable_parameters():
-    torch.manual_seed(0)
-    extractor = FeatureExtractor("mobilenet_v2", pretrained=False)
-    model = FeatureModel(extractor, FeatureAutoencoder(extractor.out_channels, latent=16))
-    out = model(torch.rand(2, 3, 64, 64))
-    assert set(out) == {"features", 1}
-    assert out["features"].shape == out[1].shape == (2, 152, 16, 16)
-    assert not out["features"].requires_grad and out[1].requires_grad
-    keys = model.state_dict().keys()
-    assert any(k.startswith("extractor.") for k in keys) and any(k.startswith("autoencoder.") for k in keys)
-    assert count_parameters(model, trainable_only=True) == count_parameters(model.autoencoder)
-    assert count_parameters(model) == count_parameters(model.autoencoder) + count_parameters(extractor)
-    model.train()
-    assert model.autoencoder.training and not model.extractor.training
-    with pytest.raises(ValueError, match="channels"):
-        FeatureModel(extractor, FeatureAutoencoder(10))
-
-
 def test_build_model_unet_from_config():
     cfg = Config(
         mode="unet",
@@ -134,25 +89,22 @@ def test_build_model_unet_from_config():
     }
 
 
-def test_build_model_feature_checkpoint_is_self_contained(tmp_path, monkeypatch):
+def test_build_model_memory_bank_checkpoint_is_self_contained(tmp_path, monkeypatch):
     # no ImageNet file and no network: pretrained=False builds, and loading a state_dict restores everything
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(backbones, "_download_possible", lambda url, timeout=0: False)
-    cfg = Config(mode="feature", feature_latent=16)
+    cfg = Config(mode="memory_bank", image_size=64)
     with pytest.raises(backbones.BackboneWeightsMissing):
         build_model(cfg)
     torch.manual_seed(1)
-    a = build_model(cfg, pretrained=False)
+    a = build_model(cfg, pretrained=False).eval()
+    a.set_bank(torch.randn(50, a.extractor.out_channels))
     torch.manual_seed(2)
-    b = build_model(cfg, pretrained=False)
-    assert isinstance(a, FeatureModel) and a.autoencoder.latent == 16 and a.extractor.out_channels == 152
+    b = build_model(cfg, pretrained=False).eval()
     x = torch.rand(1, 3, 64, 64)
-    a.eval()
-    b.eval()
-    assert not torch.equal(a(x)[1], b(x)[1])
     b.load_state_dict(a.state_dict())
-    torch.testing.assert_close(a(x)[1], b(x)[1], rtol=0, atol=0)
-    torch.testing.assert_close(a(x)["features"], b(x)["features"], rtol=0, atol=0)
+    torch.testing.assert_close(a(x)["maps"], b(x)["maps"], rtol=0, atol=0)
+    assert b.bank.shape == (50, a.extractor.out_channels)
 
 
 def _load_pngs(folder, n, size):
@@ -185,7 +137,7 @@ def test_unet_training_on_real_bottle_images_lowers_the_loss(mvtec_root):
     for _ in range(30):
         idx = torch.randperm(len(images), generator=gen)[:8]
         batch = augment_batch(images[idx], cfg.augmentations, gen)
-        corrupted, _ = synthesize_defects(batch, gen, prob=cfg.corruption_prob, kinds=cfg.corruptions)
+        corrupted, _ = synthesize_defects(batch, gen, prob=cfg.model.corruption_prob, kinds=cfg.model.corruptions)
         total, parts = loss_fn(net(corrupted), batch)
         opt.zero_grad()
         total.backward()

@@ -102,9 +102,10 @@ def test_calibrate_sets_thresholds_from_good_images_only():
     assert glob["position"] is None
 
 
-def test_anomaly_maps_of_feature_model_have_image_size():
-    cfg = Config(mode="feature", image_size=64, pretrained=False, smooth_sigma=1.0)
+def test_anomaly_maps_of_memory_bank_have_image_size():
+    cfg = Config(mode="memory_bank", image_size=64, pretrained=False, smooth_sigma=1.0)
     model = build_model(cfg).eval()
+    model.set_bank(torch.randn(40, model.extractor.out_channels))
     out = anomaly_maps(model, torch.rand(2, 3, 64, 64), cfg)
     maps, recon = out.maps, out.recon
     assert maps.shape == (2, 1, 64, 64) and recon is None and bool((maps >= 0).all())

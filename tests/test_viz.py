@@ -249,7 +249,7 @@ def test_save_gallery_png(alpha, beta, tmp_path):
     _png_ok(a)
     _png_ok(b)
     with Image.open(a) as ia, Image.open(b) as ib:
-        assert ia.size[0] > ib.size[0]  # feature mode has no reconstruction column
+        assert ia.size[0] > ib.size[0]  # the memory bank has no reconstruction column
         assert ia.size[1] > ib.size[1]  # 4 rows vs 2
 
 

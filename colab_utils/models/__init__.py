@@ -1,25 +1,27 @@
 """Model families, one module each, behind one interface (:class:`~colab_utils.models.base.Family`).
 
-``Config.mode`` picks the family through :func:`get_family`; :func:`build_model` builds its model.
+``Config.mode`` picks the family through :func:`get_family`; :func:`build_model` builds its model. Each family
+module declares its settings, profiles and checks next to its model.
 
-- ``unet``: :mod:`colab_utils.models.unet`, the multi-scale pixel U-Net autoencoder (trains by gradient);
-- ``feature``: :mod:`colab_utils.models.feature_ae`, a feature autoencoder on a frozen backbone (gradient);
-- ``memory_bank``: :mod:`colab_utils.models.memory_bank`, a PatchCore-style patch memory bank (no gradient).
+- ``memory_bank``: :mod:`colab_utils.models.memory_bank`, a PatchCore-style patch memory bank (no gradient);
+- ``unet``: :mod:`colab_utils.models.unet`, the multi-scale pixel U-Net autoencoder (trains by gradient).
+
+Adding a family: one new module here that subclasses :class:`Family` and calls :func:`register`, and one import
+line below (ARCHITECTURE.md, "Adding a family").
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from . import feature_ae, memory_bank, unet  # noqa: F401 - importing registers the families
-from .base import FAMILIES, Family, MapOutput, get_family, register
-from .feature_ae import FeatureAutoencoder, FeatureModel
+from . import memory_bank, unet  # noqa: F401 - importing registers the families
+from .base import FAMILIES, PROFILE_NAMES, RETIRED_FAMILIES, Family, MapOutput, get_family, register
 from .memory_bank import MemoryBankModel, greedy_coreset
 from .unet import UNetAutoencoder
 
 __all__ = [
-    "FAMILIES", "Family", "FeatureAutoencoder", "FeatureModel", "MapOutput", "MemoryBankModel",
-    "UNetAutoencoder", "build_model", "count_parameters", "get_family", "greedy_coreset", "register",
+    "FAMILIES", "PROFILE_NAMES", "RETIRED_FAMILIES", "Family", "MapOutput", "MemoryBankModel", "UNetAutoencoder",
+    "build_model", "count_parameters", "get_family", "greedy_coreset", "register",
 ]  # fmt: skip
 
 

@@ -18,17 +18,40 @@ family with ``cross_fits = True`` is fitted on every good training image instead
 each scored by ``raw_maps(..., exclude=...)`` without its own contribution (the memory bank: without the
 bank entries it contributed), which gives many more calibration scores than a small held-out split.
 
+A family also owns its settings: ``settings`` (a :class:`~colab_utils.settings.Settings` dataclass, nested in the
+one saved config as ``config.model``), ``profiles`` (what each hardware profile sets, shared fields included),
+``threshold_percentile`` (its default), ``resumable`` (its fields that may change when a run resumes), and
+``retired`` (old fields it refuses, each with the reason).
+
 Scoring, calibration, evaluation, results.json, the gallery, the command line and the notebooks only ever
 talk to this interface.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..settings import ConfigError, Settings
+
+#: The hardware profiles every family declares: ``smoke`` shrinks the work to seconds (tests, CI), ``cpu`` fits
+#: about ten minutes per category on 2 CPU cores, ``gpu`` is the full setting for a Colab T4 or better.
+PROFILE_NAMES = ("smoke", "cpu", "gpu")
+
+#: Families that were removed, with the measurements that retired them; a config or checkpoint naming one gets
+#: this message.
+RETIRED_FAMILIES = {
+    "feature": (
+        "mode 'feature' (the feature autoencoder) was retired: it scored below the memory bank on every category "
+        "tried (image AUROC 87.1 against 97.6 on bottle, capsule and screw; 77.8 against 93.6 on a held-out "
+        "category) and trained 5-7 minutes where the bank fits in one (benchmarks/README.md). Use "
+        "mode='memory_bank' (the default), or retrain with it"
+    ),
+}
 
 
 @dataclass
@@ -44,6 +67,11 @@ class Family:
     """Base class of a model family; subclasses set the class attributes and override what applies."""
 
     name: str = ""
+    settings: ClassVar[type[Settings]] = Settings  # the family's own fields (Config.model)
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {}  # PROFILE_NAMES -> values (shared or the family's fields)
+    threshold_percentile: float = 99.0  # default Config.threshold_percentile (of good calibration scores)
+    resumable: ClassVar[frozenset[str]] = frozenset()  # own fields that may change between a run and its resumption
+    retired: ClassVar[dict[str, str]] = {}  # old own fields refused when truthy: name -> why and what to do
     trains_by_gradient: bool = True
     needs_backbone: bool = False  # needs ImageNet weights when ``config.pretrained``
     has_reconstruction: bool = False  # raw_maps returns a pixel reconstruction (shown by the gallery)
@@ -61,6 +89,15 @@ class Family:
     def needs_weights(self, config) -> bool:
         """Whether building this config's model (and its loss) loads ImageNet weights (a download, or a local file)."""
         return bool(self.needs_backbone and config.pretrained)
+
+    def describe_fit(self, info: dict) -> str:
+        """One line on what a direct :meth:`fit` did, from the dict it returned (gradient families: unused)."""
+        return ", ".join(f"{k} {v}" for k, v in info.items())
+
+    @contextmanager
+    def exportable(self, model: nn.Module):
+        """The model set up so that an ONNX trace can follow it (default: as it is)."""
+        yield model
 
     # ---- gradient families --------------------------------------------------
     def trainable(self, model: nn.Module) -> nn.Module:
@@ -104,8 +141,10 @@ def register(family: Family) -> Family:
 def get_family(mode_or_config: Any) -> Family:
     """The family of a ``Config`` (its ``mode``) or of a mode name."""
     mode = getattr(mode_or_config, "mode", mode_or_config)
+    if mode in RETIRED_FAMILIES:
+        raise ConfigError(RETIRED_FAMILIES[mode])
     if mode not in FAMILIES:
-        raise ValueError(f"Config.mode={mode!r}: unknown model family; choose from {sorted(FAMILIES)}")
+        raise ConfigError(f"Config.mode={mode!r}: unknown model family; choose from {sorted(FAMILIES)}")
     return FAMILIES[mode]
 
 

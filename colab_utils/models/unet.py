@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import kornia
 import torch
@@ -24,8 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import augment_batch
-from ..corruption import synthesize_defects
-from ..losses import ReconstructionLoss, focal_loss
+from ..corruption import CORRUPTIONS, DEFAULT_TEXTURES, TEXTURE_SOURCES, synthesize_defects
+from ..losses import ReconstructionLoss
+from ..settings import ConfigError, Settings
 from .base import Family, MapOutput, feature_error_map, register
 
 #: Widest U-Net stage; with base_width=32, depth=4 the widths are 32, 64, 128, 256, 256.
@@ -81,15 +83,9 @@ class UNetAutoencoder(nn.Module):
         skip_levels: number of skips kept, counted from the deepest level (0..depth).
         out_scales: down-sampling factors of the outputs, powers of two up to ``2**(depth-1)``.
         max_width: cap on the channel count of any stage.
-        out_channels: channels of each output (default ``in_channels``).
-        logits: outputs without the sigmoid (real values), for the discriminative head.
 
-    ``forward(x)``: (B, C, H, W) float in [0, 1] -> ``{s: (B, out_channels, H // s, W // s)}`` for each ``s`` in
-    ``out_scales`` (ascending), each from a 1x1 conv head and a sigmoid, so values lie in [0, 1] (real logits
-    when ``logits``).
-
-    The same class, with every skip kept (``skip_levels=depth``), one output channel and ``logits=True``, is the
-    segmentation network of :class:`ReconstructSegment`: there copying the input is wanted.
+    ``forward(x)``: (B, C, H, W) float in [0, 1] -> ``{s: (B, C, H // s, W // s)}`` for each ``s`` in
+    ``out_scales`` (ascending), each from a 1x1 conv head and a sigmoid, so values lie in [0, 1].
     """
 
     def __init__(
@@ -100,8 +96,6 @@ class UNetAutoencoder(nn.Module):
         skip_levels: int = 2,
         out_scales: Sequence[int] = (1, 2, 4),
         max_width: int = UNET_MAX_WIDTH,
-        out_channels: int | None = None,
-        logits: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -112,7 +106,6 @@ class UNetAutoencoder(nn.Module):
         if not scales or any(s < 1 or s & (s - 1) or s > 2 ** (depth - 1) for s in scales):
             raise ValueError(f"out_scales={tuple(out_scales)}: must be powers of two between 1 and {2 ** (depth - 1)}")
         self.in_channels = in_channels
-        self.logits = logits
         self.depth = depth
         self.skip_levels = skip_levels
         self.out_scales = scales
@@ -129,10 +122,10 @@ class UNetAutoencoder(nn.Module):
         for i in range(depth - 1, lowest - 1, -1):
             c_in = widths[i + 1] + (widths[i] if i in self.skip_from else 0)
             self.decoder[str(i)] = _ConvBlock(c_in, widths[i])
-        self.heads = nn.ModuleDict({str(s): nn.Conv2d(widths[int(math.log2(s))], out_channels or in_channels, 1) for s in scales})
+        self.heads = nn.ModuleDict({str(s): nn.Conv2d(widths[int(math.log2(s))], in_channels, 1) for s in scales})
 
     def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
-        """(B, C, H, W) in [0, 1] -> {scale: (B, out_channels, H // scale, W // scale) in [0, 1] (or logits)}."""
+        """(B, C, H, W) in [0, 1] -> {scale: (B, C, H // scale, W // scale) in [0, 1]}."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         m = 2**self.depth
@@ -152,36 +145,61 @@ class UNetAutoencoder(nn.Module):
             h = self.decoder[str(i)](h)
             if str(2**i) in self.heads:
                 y = self.heads[str(2**i)](h)
-                outputs[2**i] = y if self.logits else torch.sigmoid(y)
+                outputs[2**i] = torch.sigmoid(y)
         return dict(sorted(outputs.items()))
 
 
-class ReconstructSegment(nn.Module):
-    """The U-Net autoencoder with a discriminative head, as in DRAEM (Zavrtanik et al., ICCV 2021).
+@dataclass
+class UNetSettings(Settings):
+    """The U-Net family's own fields (``Config.model`` when ``mode="unet"``)."""
 
-    ``recon`` repairs the input (trained, as without the head, to reconstruct the clean image from a synthetically
-    corrupted one); ``head`` sees the input and the full-size reconstruction side by side, (B, 2C, H, W), and
-    segments what differs in a way a defect does: it is trained with focal loss on the exact masks of the
-    synthetic defects, so the anomaly map is learnt instead of a hand-made error formula. The head is a full
-    U-Net (:class:`UNetAutoencoder` with every skip, one output channel, logits).
+    # --- architecture
+    base_width: int = 32  # channels of the first encoder stage; doubled at each stage
+    depth: int = 4  # number of down-sampling stages
+    skip_levels: int = 2  # skips kept from the deepest stages up; the finest ones are dropped
+    out_scales: tuple[int, ...] = (1, 2, 4)  # reconstructions produced at these down-sampling factors
+    # --- loss
+    loss_mse_weight: float = 1.0
+    loss_ssim_weight: float = 1.0  # on kornia's SSIMLoss, which is (1 - SSIM) / 2
+    loss_perceptual_weight: float = 0.0  # backbone-feature MSE of reconstruction and target (Config.backbone)
+    loss_scale_weights: tuple[float, ...] = (1.0, 0.5, 0.25)  # one per entry of out_scales
+    ssim_window: int = 11
+    feature_layers: tuple[int, ...] = ()  # backbone stages of the perceptual terms; () = the backbone's default
+    # --- synthetic defects on the training inputs (the clean image is the target)
+    corruption_prob: float = 0.5  # share of training images that get a synthetic defect
+    corruptions: tuple[str, ...] = CORRUPTIONS
+    corruption_textures: tuple[str, ...] = DEFAULT_TEXTURES  # Perlin defects' textures, from TEXTURE_SOURCES
+    # --- the anomaly map
+    map_l2_weight: float = 1.0  # per-pixel squared error
+    map_ssim_weight: float = 1.0  # per-pixel (1 - SSIM)
+    map_gms_weight: float = 1.0  # per-pixel gradient-magnitude dissimilarity (measured in benchmarks/README.md)
+    map_perceptual_weight: float = 0.0  # backbone-feature distance of input and reconstruction
+    map_scale_weights: tuple[float, ...] = (1.0, 1.0, 1.0)  # one per entry of out_scales
 
-    ``forward(x)``: (B, C, H, W) in [0, 1] -> ``{s: reconstruction (B, C, H/s, W/s) in [0, 1] for each output
-    scale, "logits": (B, 1, H, W) real}``; the anomaly probability is ``sigmoid(logits)``.
-    """
-
-    def __init__(self, recon: UNetAutoencoder, head_width: int = 16) -> None:
-        super().__init__()
-        if 1 not in recon.out_scales:
-            raise ValueError("the discriminative head needs the full-size reconstruction: out_scales must contain 1")
-        self.recon = recon
-        c = recon.in_channels
-        self.head = UNetAutoencoder(2 * c, head_width, recon.depth, recon.depth, (1,), out_channels=1, logits=True)
-
-    def forward(self, x: Tensor) -> dict:
-        out: dict = dict(self.recon(x))
-        out["logits"] = self.head(torch.cat([x, out[1].to(x.dtype)], dim=1))[1]
-        return out
-
+    def check(self, config) -> None:
+        if self.depth < 2 or self.depth > 6:
+            self.bad("depth", "must lie in 2..6")
+        if config.image_size % (2**self.depth):
+            raise ConfigError(f"Config.image_size={config.image_size}: must be divisible by 2**depth = {2**self.depth}")
+        if not 0 <= self.skip_levels <= self.depth:
+            self.bad("skip_levels", f"must lie in 0..depth ({self.depth})")
+        if not self.out_scales or any(s < 1 or s & (s - 1) or s > 2 ** (self.depth - 1) for s in self.out_scales):
+            self.bad("out_scales", f"must be powers of two between 1 and {2 ** (self.depth - 1)}")
+        for name in ("loss_scale_weights", "map_scale_weights"):
+            if len(getattr(self, name)) != len(self.out_scales):
+                self.bad(name, f"needs one weight per out_scales entry ({len(self.out_scales)})")
+        if self.ssim_window < 3 or self.ssim_window % 2 == 0:
+            self.bad("ssim_window", "must be an odd number >= 3")
+        if unknown := set(self.corruptions) - set(CORRUPTIONS):
+            self.bad("corruptions", f"unknown {sorted(unknown)}; choose from {CORRUPTIONS}")
+        if unknown := set(self.corruption_textures) - set(TEXTURE_SOURCES):
+            self.bad("corruption_textures", f"unknown {sorted(unknown)}; choose from {TEXTURE_SOURCES}")
+        if not self.corruption_textures:
+            self.bad("corruption_textures", f"needs at least one of {TEXTURE_SOURCES}")
+        if not 0.0 <= self.corruption_prob <= 1.0:
+            self.bad("corruption_prob", "must lie in [0, 1]")
+        if self.base_width < 1:
+            self.bad("base_width", "must be at least 1")
 
 
 def _gms_dissimilarity(x: Tensor, r: Tensor, c: float = 0.0026) -> Tensor:
@@ -196,11 +214,11 @@ _EXTRACTORS: dict[tuple, nn.Module] = {}
 
 def perceptual_extractor(config, device: torch.device | str) -> nn.Module:
     """The frozen backbone that compares input and reconstruction (``map_perceptual_weight``), built once per device."""
-    key = (config.backbone, tuple(config.feature_layers), config.feature_pool, config.pretrained, str(device))
+    key = (config.backbone, tuple(config.model.feature_layers), config.pretrained, str(device))
     if key not in _EXTRACTORS:
         from ..backbones import FeatureExtractor
 
-        extractor = FeatureExtractor(config.backbone, config.feature_layers, config.pretrained, pool=config.feature_pool)
+        extractor = FeatureExtractor(config.backbone, config.model.feature_layers, config.pretrained)
         _EXTRACTORS[key] = extractor.to(device).eval()
     return _EXTRACTORS[key]
 
@@ -216,25 +234,26 @@ def pixel_error_map(images: Tensor, recons: dict[int, Tensor], config) -> Tensor
     intensity, and features see that.
     """
     size = images.shape[-2:]
+    s = config.model
     total = torch.zeros(images.shape[0], 1, *size, device=images.device, dtype=torch.float32)
-    if config.map_perceptual_weight and 1 in recons:
+    if s.map_perceptual_weight and 1 in recons:
         extractor = perceptual_extractor(config, images.device)
         fx, fr = extractor(images), extractor(recons[1].float())
-        total = total + config.map_perceptual_weight * feature_error_map(fx, fr, size)
-    for scale, weight in zip(config.out_scales, config.map_scale_weights):
+        total = total + s.map_perceptual_weight * feature_error_map(fx, fr, size)
+    for scale, weight in zip(s.out_scales, s.map_scale_weights):
         if weight == 0 or scale not in recons:
             continue
         r = recons[scale].float()
         x = images if scale == 1 else F.avg_pool2d(images, scale)
         err = torch.zeros_like(x[:, :1])
-        if config.map_l2_weight:
-            err = err + config.map_l2_weight * ((x - r) ** 2).mean(1, keepdim=True)
-        if config.map_ssim_weight:
-            window = min(config.ssim_window, (min(x.shape[-2:]) // 2) * 2 - 1)
+        if s.map_l2_weight:
+            err = err + s.map_l2_weight * ((x - r) ** 2).mean(1, keepdim=True)
+        if s.map_ssim_weight:
+            window = min(s.ssim_window, (min(x.shape[-2:]) // 2) * 2 - 1)
             ssim = kornia.metrics.ssim(x, r, window, max_val=1.0)
-            err = err + config.map_ssim_weight * (1.0 - ssim).mean(1, keepdim=True)
-        if config.map_gms_weight:
-            err = err + config.map_gms_weight * _gms_dissimilarity(x, r).mean(1, keepdim=True)
+            err = err + s.map_ssim_weight * (1.0 - ssim).mean(1, keepdim=True)
+        if s.map_gms_weight:
+            err = err + s.map_gms_weight * _gms_dissimilarity(x, r).mean(1, keepdim=True)
         if scale != 1:
             err = F.interpolate(err, size=size, mode="bilinear", align_corners=False)
         total = total + weight * err
@@ -243,75 +262,64 @@ def pixel_error_map(images: Tensor, recons: dict[int, Tensor], config) -> Tensor
 
 
 class UNetFamily(Family):
-    """Registry entry of the pixel U-Net autoencoder, with or without its discriminative head.
-
-    ``Config.discriminative_head``: the model is a :class:`ReconstructSegment`, trained on reconstruction loss
-    plus ``head_loss_weight`` times focal loss on the synthetic defects' masks, and its raw map is the head's
-    anomaly probability in [0, 1] (plus ``head_recon_map_weight`` times :func:`pixel_error_map`). Held-out
-    images are then validated with synthetic defects too (the same ones every epoch), so ``best.pt`` is chosen
-    on how well the head finds them, not on clean images alone.
-    """
+    """Registry entry of the pixel U-Net autoencoder (settings: :class:`UNetSettings`)."""
 
     name = "unet"
+    settings = UNetSettings
     trains_by_gradient = True
     has_reconstruction = True
     default_score_norm = "position"
-
-    def score_norm_for(self, config) -> str:
-        """The head's probabilities are ~0 on every good training image, so per-position statistics of them
-        are noise: with the head the image score is taken on the globally normalised map."""
-        return "global" if config.discriminative_head else self.default_score_norm
+    threshold_percentile = 99.0  # about 20 held-out images calibrate: a 95th percentile would be the second-highest
+    resumable = frozenset({"map_l2_weight", "map_ssim_weight", "map_gms_weight", "map_perceptual_weight",
+                           "map_scale_weights"})  # fmt: skip
+    profiles = {
+        "smoke": {"image_size": 64, "epochs": 2, "batch_size": 8, "base_width": 8, "smooth_sigma": 1.0},
+        "cpu": {"image_size": 128, "epochs": 40, "batch_size": 16, "base_width": 16, "max_minutes": 10.0},
+        "gpu": {"image_size": 256, "epochs": 300, "batch_size": 16, "base_width": 32},
+    }
+    retired = {
+        "discriminative_head": (
+            "the U-Net's discriminative head (DRAEM-style) was retired: it measured below the plain U-Net on every "
+            "setting tried (gpu profile, H200: capsule 85.4 / 67.2 / 53.1 after 164 epochs against 85.9 / 78.1 / "
+            "76.1; screw 60.7 / 78.3 / 50.9 against 67.8 / 96.3 / 86.9; benchmarks/README.md). Set "
+            "discriminative_head to false (or remove it) to train the plain U-Net"
+        ),
+    }
 
     def build(self, config, pretrained: bool | None = None) -> nn.Module:
-        recon = UNetAutoencoder(
-            config.channels,
-            base_width=config.base_width,
-            depth=config.depth,
-            skip_levels=config.skip_levels,
-            out_scales=tuple(config.out_scales),
-        )
-        return ReconstructSegment(recon, config.head_width) if config.discriminative_head else recon
+        s = config.model
+        return UNetAutoencoder(
+            config.channels, base_width=s.base_width, depth=s.depth, skip_levels=s.skip_levels,
+            out_scales=tuple(s.out_scales),
+        )  # fmt: skip
 
     def needs_weights(self, config) -> bool:
         """Only the perceptual loss or map term uses a pretrained backbone."""
-        return bool(config.pretrained and (config.loss_perceptual_weight > 0 or config.map_perceptual_weight > 0))
+        s = config.model
+        return bool(config.pretrained and (s.loss_perceptual_weight > 0 or s.map_perceptual_weight > 0))
 
     def loss(self, config, device) -> nn.Module:
         perceptual = None
-        if config.loss_perceptual_weight > 0:
+        if config.model.loss_perceptual_weight > 0:
             from ..backbones import FeatureExtractor
 
-            perceptual = FeatureExtractor(config.backbone, config.feature_layers, config.pretrained).to(device)
+            perceptual = FeatureExtractor(config.backbone, config.model.feature_layers, config.pretrained).to(device)
         return ReconstructionLoss(config, perceptual)
 
     def batch_loss(self, model, loss_fn, x: Tensor, train: bool, config, device, gen, use_amp: bool):
+        s = config.model
         clean = x.to(device, non_blocking=True).float().div_(255.0)
-        inputs, masks = clean, None
-        corrupt = (config.corruption_prob, config.corruptions, config.corruption_textures)
+        inputs = clean
         if train:
             clean = augment_batch(clean, config.augmentations, gen)
-            inputs, masks = synthesize_defects(clean, gen, *corrupt)
-        elif config.discriminative_head:  # the same synthetic defects on the held-out images every epoch
-            inputs, masks = synthesize_defects(clean, torch.Generator().manual_seed(config.seed + 1), *corrupt)
+            inputs, _ = synthesize_defects(clean, gen, s.corruption_prob, s.corruptions, s.corruption_textures)
         with torch.autocast(device_type=torch.device(device).type, enabled=use_amp):
             out = model(inputs)
-        total, parts = loss_fn({k: v.float() for k, v in out.items() if isinstance(k, int)}, clean)
-        if "logits" in out:
-            seg = focal_loss(out["logits"], masks, config.head_focal_gamma)
-            total = total + config.head_loss_weight * seg
-            parts["focal"] = float(seg.detach())
-            parts["total"] = float(total.detach())
-        return total, parts
+        return loss_fn({k: v.float() for k, v in out.items()}, clean)
 
     def raw_maps(self, model, images: Tensor, config) -> MapOutput:
         outputs = model(images)
-        recon = outputs[1].float().clamp(0, 1)
-        if "logits" not in outputs:
-            return MapOutput(maps=pixel_error_map(images, outputs, config), recon=recon)
-        maps = torch.sigmoid(outputs["logits"].float())
-        if config.head_recon_map_weight:
-            maps = maps + config.head_recon_map_weight * pixel_error_map(images, outputs, config)
-        return MapOutput(maps=maps, recon=recon)
+        return MapOutput(maps=pixel_error_map(images, outputs, config), recon=outputs[1].float().clamp(0, 1))
 
 
 register(UNetFamily())
