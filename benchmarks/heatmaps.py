@@ -1,6 +1,6 @@
 """Write a static heatmap gallery of a trained run (the README's pictures), with the gallery code.
 
-    python benchmarks/heatmaps.py --run outputs/bench/feature-cpu/bottle --data-root $MVTEC_ROOT \
+    python benchmarks/heatmaps.py --run outputs/bench/memory_bank-cpu/bottle --data-root $MVTEC_ROOT \
         --out docs/heatmaps_bottle.png --per-type 1 --panel 160
 
 Rows: one good image and ``--per-type`` images of every defect type, each with its
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from colab_utils.evaluate import evaluate
-from colab_utils.viz import save_gallery_png
+from colab_utils.report import save_gallery_png
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ exported graph, and ``predict`` throughput on the test files (read from disk, ov
 
 Measures, for every mode at 256 px with the default config: inference latency at
 batch 1 and throughput at batch 16; training throughput (images/s) of the
-default U-Net at 128 and 256 px and of the feature autoencoder; the time of one
+default U-Net at 128 and 256 px; the time of one
 U-Net epoch on bottle (with --data-root); and the full metric suite on a
 category-sized set of maps. Peak memory is the process's maximum resident set
 on the CPU, or the CUDA allocator's peak on a GPU. Figures are printed last, as

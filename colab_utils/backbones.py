@@ -1,4 +1,4 @@
-"""Frozen torchvision feature extractors, shared by the feature mode and the perceptual loss.
+"""Frozen torchvision feature extractors, shared by the memory bank and the U-Net's perceptual terms.
 
 :class:`FeatureExtractor` runs the first stages of an ImageNet CNN on images in [0, 1], takes the outputs of a
 few stages at different depths (strides 4, 8 and 16 by default), brings them to ONE grid at stride 4

@@ -115,8 +115,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .env import get_device
     from .evaluate import evaluate, results_dict, write_summary
+    from .report import save_report
     from .session import pick_profile
-    from .viz import save_report
 
     device = get_device(args.device)
     profile = pick_profile(args.profile, device)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .geometry import GEOMETRIES, tile_grid
-from .models import FAMILIES, PROFILE_NAMES, RETIRED_FAMILIES, get_family
+from .models import FAMILIES, PROFILE_NAMES, RETIRED_FAMILIES, RETIRED_FIELDS, get_family
 from .settings import ConfigError, Settings
 
 __all__ = ["Config", "ConfigError", "MODES", "PROFILES", "MVTEC_CATEGORIES", "CATEGORY_AUGMENT", "AUGMENTATIONS"]
@@ -38,13 +38,6 @@ PROFILES = PROFILE_NAMES
 IMAGE_SCORES = ("max", "topk_mean")
 IMAGE_SCORE_NORMS = ("auto", "position", "global")
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "rotate", "translate", "brightness", "contrast", "gamma")
-
-#: Fields of the old flat configs (before families owned their settings) that no family reads any more; an old
-#: checkpoint's config drops them when it loads.
-_LEGACY_FIELDS = frozenset({
-    "feature_latent", "feature_pool", "feature_downsample", "feature_cosine_weight", "head_width",
-    "head_loss_weight", "head_focal_gamma", "head_recon_map_weight",
-})  # fmt: skip
 
 #: Normal variation seen in each MVTec AD category, as augmentations that keep
 #: a good image good. Flips and rotations are only listed where the object or
@@ -331,7 +324,7 @@ def _family_settings(mode: str, model: Any, own: dict[str, Any]) -> Settings:
         raise ConfigError(f"Config.model: expected the {mode!r} family's settings or a dict, got {type(model).__name__}")
     values.update(own)
     for name in [k for k in values if k in family.retired]:
-        if values.pop(name):
+        if values.pop(name) and family.retired[name]:
             raise ConfigError(family.retired[name])
     if unknown := sorted(set(values) - family.settings.names()):
         owners = {k: f.name for f in FAMILIES.values() for k in f.settings.names()}
@@ -364,7 +357,7 @@ def _from_legacy(data: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(RETIRED_FAMILIES[mode])
     family = get_family(mode)
     keep = _shared_fields() | family.settings.names() | set(family.retired)
-    foreign = {k for f in FAMILIES.values() for k in f.settings.names() | set(f.retired)} | _LEGACY_FIELDS
+    foreign = {k for f in FAMILIES.values() for k in f.settings.names() | set(f.retired)} | RETIRED_FIELDS
     return {k: v for k, v in data.items() if k in keep or k not in foreign}
 
 

@@ -96,8 +96,6 @@ def download_file(
         DownloadError: network failure (the ``.part`` file is kept for resuming) or
             checksum mismatch (the bad download is deleted); the message says what to do.
     """
-    from tqdm.auto import tqdm
-
     dest = Path(dest).expanduser()
     if dest.is_dir():
         raise DownloadError(f"download destination {dest} is a folder; pass the path of the file to write")
@@ -105,14 +103,29 @@ def download_file(
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    resp, start = _open_resumable(url, dest, part, timeout)
+    digest = _stream_to(resp, part, start, url, dest, progress)
+    if sha256 is not None and digest != sha256.lower():
+        part.unlink()
+        raise DownloadError(
+            f"checksum mismatch for {url}: sha256 {digest}, expected {sha256.lower()}. The download was corrupted or "
+            f"the file on the server changed; the bad file was deleted. Run again, or download the file by hand and "
+            f"pass its path (download_mvtec(..., archive=PATH)); pass sha256=None only if you trust the source"
+        )
+    os.replace(part, dest)
+    return dest
 
+
+def _open_resumable(url: str, dest: Path, part: Path, timeout: float):
+    """(open response, bytes already in ``part``): asks for the rest of a partial download, and starts over when
+    the server says the ``.part`` is not a prefix of the file (HTTP 416)."""
     for attempt in range(2):
         start = part.stat().st_size if part.is_file() else 0
         headers = {"User-Agent": _USER_AGENT}
         if start:
             headers["Range"] = f"bytes={start}-"
         try:
-            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+            return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout), start
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and start and attempt == 0:  # the .part is not a prefix of this file: start over
                 part.unlink()
@@ -124,9 +137,13 @@ def download_file(
             raise DownloadError(
                 f"could not download {url}: {getattr(exc, 'reason', exc)}. {_by_hand(url, dest)}"
             ) from exc
-        break
-    else:  # pragma: no cover - the loop always breaks or raises
-        raise DownloadError(f"could not download {url}. {_by_hand(url, dest)}")
+    raise DownloadError(f"could not download {url}. {_by_hand(url, dest)}")  # pragma: no cover
+
+
+def _stream_to(resp, part: Path, start: int, url: str, dest: Path, progress: bool) -> str:
+    """Append the response to ``part`` (or rewrite it when the server ignored the range) with a progress bar;
+    returns the sha256 of the whole file. A short or broken transfer raises, keeping ``part`` for resuming."""
+    from tqdm.auto import tqdm
 
     hasher = hashlib.sha256()
     with resp:
@@ -140,19 +157,10 @@ def download_file(
         length = resp.headers.get("Content-Length")
         expected = start + int(length) if length and length.isdigit() else None
         received = start
+        bar = tqdm(total=expected, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                   disable=not progress)  # fmt: skip
         try:
-            with (
-                open(part, "ab" if resumed else "wb") as f,
-                tqdm(
-                    total=expected,
-                    initial=start,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=dest.name,
-                    disable=not progress,
-                ) as bar,
-            ):
+            with open(part, "ab" if resumed else "wb") as f, bar:
                 while chunk := resp.read(_CHUNK):
                     f.write(chunk)
                     hasher.update(chunk)
@@ -164,16 +172,7 @@ def download_file(
             ) from exc
     if expected is not None and received != expected:
         raise DownloadError(f"download of {url} stopped after {received} of {expected} bytes. {_by_hand(url, dest)}")
-    digest = hasher.hexdigest()
-    if sha256 is not None and digest != sha256.lower():
-        part.unlink()
-        raise DownloadError(
-            f"checksum mismatch for {url}: sha256 {digest}, expected {sha256.lower()}. The download was corrupted or "
-            f"the file on the server changed; the bad file was deleted. Run again, or download the file by hand and "
-            f"pass its path (download_mvtec(..., archive=PATH)); pass sha256=None only if you trust the source"
-        )
-    os.replace(part, dest)
-    return dest
+    return hasher.hexdigest()
 
 
 # --------------------------------------------------------------------------- Google Drive
@@ -344,36 +343,7 @@ def extract_categories(
     try:
         try:
             for name, kind, opener in members:
-                parts = _member_parts(name, archive)
-                cat, below = _split_category(parts)
-                if cat is None:
-                    continue
-                found.add(cat)
-                if (wanted is not None and cat not in wanted) or cat in skipped:
-                    continue
-                if cat not in temps:
-                    if is_complete(dest / cat):
-                        skipped.add(cat)
-                        continue
-                    _check_no_conflict(dest / cat)
-                    tmp = dest / f".{cat}.partial"
-                    if tmp.exists():  # left by an interrupted earlier run
-                        shutil.rmtree(tmp)
-                    tmp.mkdir()
-                    temps[cat] = tmp
-                tmp = temps[cat]
-                target = tmp.joinpath(*below)
-                if kind == "dir":
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                if kind != "file":
-                    raise DownloadError(
-                        f"archive {archive} holds {name!r}, a {kind} rather than a regular file; refusing to extract it. "
-                        f"Download the archive again from its official source"
-                    )
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with opener() as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, _CHUNK)
+                _extract_member(name, kind, opener, archive, dest, wanted, temps, found, skipped)
         finally:
             close = getattr(members, "close", None)
             if close is not None:
@@ -405,6 +375,39 @@ def extract_categories(
                 shutil.rmtree(tmp, ignore_errors=True)
     names = wanted if wanted is not None else sorted(found)
     return [dest / c for c in names]
+
+
+def _extract_member(name, kind, opener, archive: Path, dest: Path, wanted, temps: dict, found: set, skipped: set) -> None:
+    """Write one archive member into its category's ``.partial`` folder (created on the category's first member;
+    a category already complete is skipped); a link or device member is refused."""
+    cat, below = _split_category(_member_parts(name, archive))
+    if cat is None:
+        return
+    found.add(cat)
+    if (wanted is not None and cat not in wanted) or cat in skipped:
+        return
+    if cat not in temps:
+        if is_complete(dest / cat):
+            skipped.add(cat)
+            return
+        _check_no_conflict(dest / cat)
+        tmp = dest / f".{cat}.partial"
+        if tmp.exists():  # left by an interrupted earlier run
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        temps[cat] = tmp
+    target = temps[cat].joinpath(*below)
+    if kind == "dir":
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    if kind != "file":
+        raise DownloadError(
+            f"archive {archive} holds {name!r}, a {kind} rather than a regular file; refusing to extract it. "
+            f"Download the archive again from its official source"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with opener() as src, open(target, "wb") as out:
+        shutil.copyfileobj(src, out, _CHUNK)
 
 
 def _check_no_conflict(folder: Path) -> None:

@@ -26,7 +26,7 @@ class EvalResult:
     Arrays are numpy, aligned by test-image index ``i``:
 
     - ``images``: uint8 (N, C, H, W), the test images as the model saw them.
-    - ``recons``: uint8 (N, C, H, W) pixel reconstructions, or ``None`` in feature mode.
+    - ``recons``: uint8 (N, C, H, W) pixel reconstructions, or ``None`` for a family without them (the memory bank).
     - ``maps``: float32 (N, H, W) anomaly maps (normalised when ``config["normalize_maps"]``), higher = worse.
     - ``masks``: uint8 (N, H, W) ground truth in {0, 1}.
     - ``labels``: int64 (N,), 1 = defective.

@@ -53,7 +53,7 @@ class Gallery:
     ``thresholds["pixel_default"]``), ``reset_button`` (back to that default), ``opacity`` (FloatSlider 0..1).
 
     Panels side by side, rendered with numpy + PIL into ``image`` (an ``ipywidgets.Image`` of PNG bytes): image,
-    reconstruction (or a "feature mode: no pixel reconstruction" note), heatmap overlay on the category's shared
+    reconstruction (or a "no pixel reconstruction" note for a family without one), heatmap overlay on the category's shared
     scale (:func:`map_scale`, colour bar below), predicted mask (map >= threshold) and ground truth; ``caption``
     (HTML) gives path, defect type, image score vs ``thresholds["image_default"]``, the verdict and whether it
     is correct. Only the current image is rendered, on every control change.
@@ -80,8 +80,6 @@ class Gallery:
         cmap: str = "jet",
         continuous_update: bool = True,
     ) -> None:
-        import ipywidgets as w
-
         if isinstance(results, Mapping):
             self.results = dict(results)
         else:
@@ -104,33 +102,27 @@ class Gallery:
         self.current_pred_mask: np.ndarray | None = None
         self.current_panels: np.ndarray | None = None
 
+        self._build_controls(first, opacity, bool(continuous_update))
+        with self._hold():
+            self._load_category(first)
+        self._connect()
+        self.render()
+
+    def _build_controls(self, first: str, opacity: float, live: bool) -> None:
+        """The ipywidgets controls and their layout (``self.widget``)."""
+        import ipywidgets as w
+
         wide = {"description_width": "90px"}
         self.category = w.Dropdown(options=list(self.results), value=first, description="category", style=wide)
         self.defect_type = w.Dropdown(options=["all"], value="all", description="defect type", style=wide)
         self.sort = w.Dropdown(options=list(SORT_OPTIONS), value=SORT_OPTIONS[0], description="order", style=wide)
-        live = bool(continuous_update)
-        self.index = w.IntSlider(
-            min=0,
-            max=0,
-            value=0,
-            description="image",
-            style=wide,
-            continuous_update=live,
-            layout=w.Layout(width="420px"),
-        )
+        self.index = w.IntSlider(min=0, max=0, value=0, description="image", style=wide, continuous_update=live,
+                                 layout=w.Layout(width="420px"))  # fmt: skip
         self.prev_button = w.Button(description="◀", layout=w.Layout(width="40px"), tooltip="previous image")
         self.next_button = w.Button(description="▶", layout=w.Layout(width="40px"), tooltip="next image")
-        self.threshold = w.FloatSlider(
-            min=0.0,
-            max=1.0,
-            step=0.001,
-            value=0.5,
-            description="pixel thr.",
-            readout_format=".3g",
-            style=wide,
-            continuous_update=live,
-            layout=w.Layout(width="420px"),
-        )
+        self.threshold = w.FloatSlider(min=0.0, max=1.0, step=0.001, value=0.5, description="pixel thr.",
+                                       readout_format=".3g", style=wide, continuous_update=live,
+                                       layout=w.Layout(width="420px"))  # fmt: skip
         self.reset_button = w.Button(
             description="default", layout=w.Layout(width="70px"), tooltip="reset to thresholds['pixel_default']"
         )
@@ -139,18 +131,16 @@ class Gallery:
         )
         self.image = w.Image(format="png")
         self.caption = w.HTML()
-        self.widget = w.VBox(
-            [
-                w.HBox([self.category, self.defect_type, self.sort]),
-                w.HBox([self.index, self.prev_button, self.next_button]),
-                w.HBox([self.threshold, self.reset_button, self.opacity]),
-                self.image,
-                self.caption,
-            ]
-        )
+        self.widget = w.VBox([
+            w.HBox([self.category, self.defect_type, self.sort]),
+            w.HBox([self.index, self.prev_button, self.next_button]),
+            w.HBox([self.threshold, self.reset_button, self.opacity]),
+            self.image,
+            self.caption,
+        ])  # fmt: skip
 
-        with self._hold():
-            self._load_category(first)
+    def _connect(self) -> None:
+        """The callbacks: every control change re-renders the current image (tests drive them directly)."""
         self.category.observe(self._on_category, names="value")
         self.defect_type.observe(self._on_filter, names="value")
         self.sort.observe(self._on_filter, names="value")
@@ -159,7 +149,6 @@ class Gallery:
         self.prev_button.on_click(lambda _: self.step(-1))
         self.next_button.on_click(lambda _: self.step(+1))
         self.reset_button.on_click(lambda _: self._reset_threshold())
-        self.render()
 
     # ------------------------------------------------------------------ display
     def _repr_mimebundle_(self, **kwargs):

@@ -30,6 +30,19 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .metric_inputs import (
+    NAN,
+    Split,
+    as_mask_stack,
+    as_scores,
+    check_no_nan,
+    labelled_pair,
+    split_pixels,
+    split_sorted,
+    to_numpy,
+)
+from .regions import region_ids
+
 __all__ = [
     "au_pro",
     "binary_confusion",
@@ -46,133 +59,9 @@ __all__ = [
     "roc_curve_points",
     "threshold_from_good",
 ]
-
-NAN = float("nan")
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # input handling
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    """Array view of ``x``; torch tensors (any device) are detached and copied to the CPU without importing torch."""
-    if hasattr(x, "detach") and hasattr(x, "cpu") and hasattr(x, "numpy"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _as_scores(x: Any, name: str) -> np.ndarray:
-    """Scores as float32 or float64 (kept as given); small ints/bools/float16 -> float32 (exact), others -> float64."""
-    a = _to_numpy(x)
-    if a.dtype == np.float32 or a.dtype == np.float64:
-        return a
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be numeric, got dtype {a.dtype}")
-    if a.dtype.itemsize <= 2:
-        return a.astype(np.float32)
-    return a.astype(np.float64)
-
-
-def _as_labels(x: Any, name: str = "labels") -> np.ndarray:
-    """Labels as a bool array; only 0/1 (or bool) values are accepted."""
-    a = _to_numpy(x)
-    if a.dtype == np.bool_:
-        return a
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be 0/1 numbers or bools, got dtype {a.dtype}")
-    positive = a == 1
-    if not np.logical_or(positive, a == 0).all():
-        bad = np.unique(a[np.logical_and(~positive, a != 0)])[:5]
-        raise ValueError(f"{name} must contain only 0 (good) and 1 (anomalous); found also {bad.tolist()}")
-    return positive
-
-
-def _labelled_pair(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Flattened (bool labels, scores) of equal size."""
-    y = _as_labels(labels)
-    s = _as_scores(scores, "scores")
-    if y.shape != s.shape:
-        raise ValueError(f"labels and scores must have the same shape, got {y.shape} and {s.shape}")
-    return y.ravel(), s.ravel()
-
-
-def _as_stack(a: np.ndarray, name: str) -> np.ndarray:
-    """(N, H, W) view of an (H, W), (N, H, W) or (N, 1, H, W) array."""
-    if a.ndim == 4 and a.shape[1] == 1:
-        return a[:, 0]
-    if a.ndim == 3:
-        return a
-    if a.ndim == 2:
-        return a[None]
-    raise ValueError(f"{name} must be (H, W), (N, H, W) or (N, 1, H, W), got shape {a.shape}")
-
-
-def _as_mask_stack(masks: Any) -> np.ndarray:
-    """Bool (N, H, W): True = anomalous pixel (mask value > 0)."""
-    m = _as_stack(_to_numpy(masks), "masks")
-    if m.dtype == np.bool_:
-        return m
-    if m.dtype.kind not in "biuf":
-        raise TypeError(f"masks must be numeric or bool, got dtype {m.dtype}")
-    return m > 0
-
-
-def _pixel_pair(masks: Any, maps: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(anomalous bool (N, H, W), scores (N, H, W)) from masks/maps of shape (H, W), (N, H, W) or (N, 1, H, W)."""
-    m = _to_numpy(masks)
-    s = _as_scores(maps, "maps")
-    if m.shape != s.shape:
-        raise ValueError(f"masks and maps must have the same shape, got {m.shape} and {s.shape}")
-    return _as_mask_stack(m), _as_stack(s, "maps")
-
-
-class _Split(NamedTuple):
-    """Scores split by class, each sorted ascending. ``weight``: 1 / region size per positive (AU-PRO only)."""
-
-    pos: np.ndarray
-    neg: np.ndarray
-    weight: np.ndarray | None
-    n_regions: int
-
-
-def _split_sorted(is_pos: np.ndarray, scores: np.ndarray) -> _Split:
-    """Split flat scores by the flat bool ``is_pos`` and sort both parts (no argsort of the large negative part)."""
-    pos = scores[is_pos]
-    neg = scores[~is_pos]
-    pos.sort()
-    neg.sort()
-    _check_no_nan(pos, neg)
-    return _Split(pos, neg, None, 0)
-
-
-def _split_pixels(masks: Any, maps: Any, regions: bool) -> _Split:
-    """Sorted split of all pixels; with ``regions`` the anomalous pixels carry 1 / size of their 8-connected region."""
-    fg, s = _pixel_pair(masks, maps)
-    if not regions:
-        return _split_sorted(fg.ravel(), s.ravel())
-    _, h, w = fg.shape
-    fg_flat = fg.ravel()
-    s_flat = s.ravel()
-    fg_index = np.flatnonzero(fg_flat)
-    region, n_regions = _region_ids(fg_index, h, w)
-    weight = 1.0 / np.bincount(region, minlength=n_regions)[region]
-    pos = s_flat[fg_index]
-    del fg_index, region
-    order = np.argsort(pos, kind="stable")
-    pos = pos[order]
-    weight = weight[order]
-    neg = s_flat[~fg_flat]
-    neg.sort()
-    _check_no_nan(pos, neg)
-    return _Split(pos, neg, weight, n_regions)
-
-
-def _check_no_nan(*sorted_arrays: np.ndarray) -> None:
-    """NaN sorts last, so checking the last element of each sorted array is enough."""
-    for a in sorted_arrays:
-        if a.size and np.isnan(a[-1]):
-            raise ValueError("scores/maps contain NaN; replace or drop them before computing metrics")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -190,7 +79,7 @@ class _Groups(NamedTuple):
     neg_le: np.ndarray  # negatives <= value
 
 
-def _positive_groups(split: _Split) -> _Groups:
+def _positive_groups(split: Split) -> _Groups:
     pos, neg = split.pos, split.neg
     n_pos = pos.size
     new = np.empty(n_pos, dtype=bool)
@@ -208,7 +97,7 @@ def _positive_groups(split: _Split) -> _Groups:
     )
 
 
-def _auroc(split: _Split, groups: _Groups | None = None) -> float:
+def _auroc(split: Split, groups: _Groups | None = None) -> float:
     """Mann-Whitney U / (P * N): P(score_pos > score_neg) + 1/2 P(equal), in exact integer arithmetic."""
     n_pos, n_neg = split.pos.size, split.neg.size
     if n_pos == 0 or n_neg == 0:
@@ -218,7 +107,7 @@ def _auroc(split: _Split, groups: _Groups | None = None) -> float:
     return twice_u / (2 * n_pos * n_neg)
 
 
-def _average_precision(split: _Split, groups: _Groups | None = None) -> float:
+def _average_precision(split: Split, groups: _Groups | None = None) -> float:
     """sum over thresholds of (recall increase) * precision, thresholds = distinct positive scores (sklearn's AP)."""
     n_pos, n_neg = split.pos.size, split.neg.size
     if n_pos == 0:
@@ -229,7 +118,7 @@ def _average_precision(split: _Split, groups: _Groups | None = None) -> float:
     return float(np.dot(g.count, precision) / n_pos)
 
 
-def _f1_max(split: _Split, groups: _Groups | None = None) -> tuple[float, float]:
+def _f1_max(split: Split, groups: _Groups | None = None) -> tuple[float, float]:
     """max over thresholds of 2TP / (2TP + FP + FN); the optimum is always at a distinct positive score."""
     n_pos, n_neg = split.pos.size, split.neg.size
     if n_pos == 0:
@@ -258,7 +147,7 @@ def _largest_count_within(limit: float, n: int) -> int:
     return c
 
 
-def _au_pro(split: _Split, fpr_limit: float) -> float:
+def _au_pro(split: Split, fpr_limit: float) -> float:
     """Exact normalised area under the PRO curve up to ``fpr_limit`` (see :func:`au_pro`).
 
     With neg = good pixels and positives weighted by w = 1 / region size, the curve has one point per distinct score t
@@ -308,7 +197,7 @@ def _trapezoid_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     return area
 
 
-def _au_pro_thresholds(split: _Split, fpr_limit: float, num_thresholds: int) -> float:
+def _au_pro_thresholds(split: Split, fpr_limit: float, num_thresholds: int) -> float:
     """AU-PRO from ``num_thresholds`` thresholds spaced evenly from the highest to the lowest pixel score."""
     neg, pos = split.neg, split.pos
     n_ok, n_regions = neg.size, split.n_regions
@@ -330,62 +219,9 @@ def _check_fpr_limit(fpr_limit: float) -> float:
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must lie in (0, 1], got {fpr_limit}")
     return fpr_limit
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # connected components (8-connectivity), no scipy
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _region_ids(fg_index: np.ndarray, h: int, w: int) -> tuple[np.ndarray, int]:
-    """8-connected region of each foreground pixel.
-
-    ``fg_index``: sorted flat indices (int64) of the foreground pixels of a (N, h, w) stack. Returns (region id per
-    foreground pixel, int64 in [0, R), numbered in raster order of each region's first pixel; R). Regions never cross
-    images. Vectorised union-find: edges to the 4 forward neighbours, then rounds of "hook the larger root under the
-    smaller" + full path compression until every edge joins equal roots.
-    """
-    n = fg_index.size
-    if n == 0:
-        return np.zeros(0, dtype=np.int64), 0
-    x = fg_index % w
-    not_last_row = (fg_index // w) % h < h - 1
-    heads, tails = [], []
-    right = np.flatnonzero((fg_index[1:] == fg_index[:-1] + 1) & (x[:-1] < w - 1))
-    heads.append(right)
-    tails.append(right + 1)
-    for dx in (-1, 0, 1):  # neighbours in the next row: down-left, down, down-right
-        ok = not_last_row
-        if dx == -1:
-            ok = ok & (x > 0)
-        elif dx == 1:
-            ok = ok & (x < w - 1)
-        src = np.flatnonzero(ok)
-        target = fg_index[src] + (w + dx)
-        dst = np.minimum(np.searchsorted(fg_index, target), n - 1)
-        hit = fg_index[dst] == target
-        heads.append(src[hit])
-        tails.append(dst[hit])
-    a = np.concatenate(heads)
-    b = np.concatenate(tails)
-    del heads, tails, x, not_last_row
-    parent = np.arange(n, dtype=np.int64)  # invariant: parent[i] <= i, roots point to themselves
-    while a.size:
-        ra = parent[a]
-        rb = parent[b]
-        open_edge = ra != rb
-        if not open_edge.any():
-            break
-        a, b, ra, rb = a[open_edge], b[open_edge], ra[open_edge], rb[open_edge]
-        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
-        while True:  # path compression until every pixel points at its root
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
-    is_root = parent == np.arange(n)
-    number = np.cumsum(is_root) - 1
-    return number[parent], int(number[-1] + 1)
 
 
 def label_8_connected_regions(masks: Any) -> tuple[np.ndarray, int]:
@@ -399,14 +235,15 @@ def label_8_connected_regions(masks: Any) -> tuple[np.ndarray, int]:
         region's first pixel, continuing across images (no region spans two images). For a single (H, W) mask this
         equals ``scipy.ndimage.label(mask > 0, structure=np.ones((3, 3)))``.
     """
-    m = _to_numpy(masks)
-    fg = _as_mask_stack(m)
+    m = to_numpy(masks)
+    fg = as_mask_stack(m)
     _, h, w = fg.shape
     fg_index = np.flatnonzero(fg.ravel())
-    region, n_regions = _region_ids(fg_index, h, w)
+    region, n_regions = region_ids(fg_index, h, w)
     labels = np.zeros(fg.size, dtype=np.int32)
     labels[fg_index] = region + 1
     return labels.reshape(m.shape), n_regions
+
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -426,8 +263,8 @@ def image_auroc(labels: Any, scores: Any) -> float:
         counting 1/2 (identical to ``sklearn.metrics.roc_auc_score``). ``nan`` if only one class (or no image) is
         present; sklearn raises in that case, this function does not.
     """
-    y, s = _labelled_pair(labels, scores)
-    return _auroc(_split_sorted(y, s))
+    y, s = labelled_pair(labels, scores)
+    return _auroc(split_sorted(y, s))
 
 
 def f1_max(labels: Any, scores: Any) -> tuple[float, float]:
@@ -442,8 +279,8 @@ def f1_max(labels: Any, scores: Any) -> tuple[float, float]:
         ``score >= threshold``; ``threshold`` is one of the scores. Every distinct score is tried; when several
         thresholds reach the same F1 the highest is returned. ``(nan, nan)`` if there is no anomalous sample.
     """
-    y, s = _labelled_pair(labels, scores)
-    return _f1_max(_split_sorted(y, s))
+    y, s = labelled_pair(labels, scores)
+    return _f1_max(split_sorted(y, s))
 
 
 def roc_curve_points(labels: Any, scores: Any, drop_intermediate: bool = True) -> tuple[np.ndarray, ...]:
@@ -459,10 +296,10 @@ def roc_curve_points(labels: Any, scores: Any, drop_intermediate: bool = True) -
         anomalous iff ``score >= thresholds[i]``; the first point is (0, 0) with threshold ``inf``. Without anomalous
         (good) samples tpr (fpr) is all ``nan``. Memory: an int64 sort index per sample.
     """
-    y, s = _labelled_pair(labels, scores)
+    y, s = labelled_pair(labels, scores)
     order = np.argsort(s, kind="stable")[::-1]
     s_desc = s[order]
-    _check_no_nan(s_desc[:1])
+    check_no_nan(s_desc[:1])
     tp_cum = np.cumsum(y[order], dtype=np.int64)
     del order
     ends = np.flatnonzero(s_desc[1:] != s_desc[:-1])
@@ -495,7 +332,7 @@ def per_defect_image_auroc(labels: Any, scores: Any, defect_types: Sequence[str]
         ``{defect_type: auroc}`` for every defect type of an anomalous image, sorted by name; each AUROC uses the
         images of that type plus every good image (``nan`` without good images). Empty dict without anomalous images.
     """
-    y, s = _labelled_pair(labels, scores)
+    y, s = labelled_pair(labels, scores)
     types = np.asarray(list(defect_types), dtype=object)
     if types.shape != y.shape:
         raise ValueError(f"defect_types must have one entry per image ({y.size}), got {types.size}")
@@ -503,7 +340,7 @@ def per_defect_image_auroc(labels: Any, scores: Any, defect_types: Sequence[str]
     out: dict[str, float] = {}
     for name in sorted({str(t) for t in types[y]}):
         keep = good | (y & (types == name))
-        out[name] = _auroc(_split_sorted(y[keep], s[keep]))
+        out[name] = _auroc(split_sorted(y[keep], s[keep]))
     return out
 
 
@@ -523,7 +360,7 @@ def threshold_from_good(scores_good: Any, percentile: float = 99.0) -> float:
     """
     if not 0.0 <= float(percentile) <= 100.0:
         raise ValueError(f"percentile must lie in [0, 100], got {percentile}")
-    s = _as_scores(scores_good, "scores_good").ravel()
+    s = as_scores(scores_good, "scores_good").ravel()
     if s.size == 0:
         return NAN
     value = float(np.percentile(s, float(percentile)))
@@ -544,7 +381,7 @@ def binary_confusion(labels: Any, scores: Any, threshold: float) -> dict[str, fl
         dict with int ``tp``, ``fp``, ``tn``, ``fn`` and float ``precision`` = tp/(tp+fp), ``recall`` = tp/(tp+fn),
         ``f1`` = 2tp/(2tp+fp+fn), ``accuracy`` = (tp+tn)/n, each in [0, 1] or ``nan`` when its denominator is 0.
     """
-    y, s = _labelled_pair(labels, scores)
+    y, s = labelled_pair(labels, scores)
     pred = s >= threshold
     tp = int(np.count_nonzero(pred & y))
     fp = int(np.count_nonzero(pred)) - tp
@@ -582,7 +419,7 @@ def pixel_auroc(masks: Any, maps: Any) -> float:
         In [0, 1], equal to ``roc_auc_score(masks.ravel() > 0, maps.ravel())``; ``nan`` without anomalous or
         without normal pixels.
     """
-    return _auroc(_split_pixels(masks, maps, regions=False))
+    return _auroc(split_pixels(masks, maps, regions=False))
 
 
 def pixel_average_precision(masks: Any, maps: Any) -> float:
@@ -597,7 +434,7 @@ def pixel_average_precision(masks: Any, maps: Any) -> float:
         ``sklearn.metrics.average_precision_score(masks.ravel() > 0, maps.ravel())``; ``nan`` without anomalous
         pixels (sklearn returns 0 with a warning there).
     """
-    return _average_precision(_split_pixels(masks, maps, regions=False))
+    return _average_precision(split_pixels(masks, maps, regions=False))
 
 
 def pixel_f1_max(masks: Any, maps: Any) -> tuple[float, float]:
@@ -610,7 +447,7 @@ def pixel_f1_max(masks: Any, maps: Any) -> tuple[float, float]:
     Returns:
         (f1 in [0, 1], threshold; pixel anomalous iff ``map >= threshold``); ``(nan, nan)`` without anomalous pixels.
     """
-    return _f1_max(_split_pixels(masks, maps, regions=False))
+    return _f1_max(split_pixels(masks, maps, regions=False))
 
 
 def au_pro(masks: Any, maps: Any, fpr_limit: float = 0.3, num_thresholds: int | None = None) -> float:
@@ -635,7 +472,7 @@ def au_pro(masks: Any, maps: Any, fpr_limit: float = 0.3, num_thresholds: int | 
         without normal pixels.
     """
     fpr_limit = _check_fpr_limit(fpr_limit)
-    split = _split_pixels(masks, maps, regions=True)
+    split = split_pixels(masks, maps, regions=True)
     if num_thresholds is None:
         return _au_pro(split, fpr_limit)
     if int(num_thresholds) < 2:
@@ -657,7 +494,7 @@ def pro_curve(masks: Any, maps: Any, max_points: int | None = None) -> tuple[np.
         straight horizontal or vertical runs are dropped), so ``trapezoid`` of the arrays equals the full curve's
         area. Empty arrays without anomalous regions or without normal pixels.
     """
-    split = _split_pixels(masks, maps, regions=True)
+    split = split_pixels(masks, maps, regions=True)
     neg, pos = split.neg, split.pos
     n_ok, n_regions = neg.size, split.n_regions
     if n_ok == 0 or n_regions == 0:
@@ -708,7 +545,7 @@ def pixel_metrics(masks: Any, maps: Any, fpr_limit: float = 0.3) -> dict[str, fl
         :func:`pixel_auroc`, :func:`pixel_average_precision`, :func:`pixel_f1_max` and :func:`au_pro`.
     """
     fpr_limit = _check_fpr_limit(fpr_limit)
-    split = _split_pixels(masks, maps, regions=True)
+    split = split_pixels(masks, maps, regions=True)
     groups = _positive_groups(split)
     f1, threshold = _f1_max(split, groups)
     return {

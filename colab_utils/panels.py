@@ -1,4 +1,4 @@
-"""Pictures of one evaluated image, shared by the static figures (:mod:`colab_utils.viz`) and the
+"""Pictures of one evaluated image, shared by the static figures (:mod:`colab_utils.train_figures`, :mod:`colab_utils.eval_figures`, :mod:`colab_utils.report`) and the
 interactive gallery (:mod:`colab_utils.gallery`).
 
 Everything here is numpy + PIL (matplotlib only for its colour maps) and returns arrays or PNG bytes:
@@ -181,7 +181,7 @@ def colour_strip(width: int, cmap: str, height: int = 10) -> np.ndarray:
 def image_panels(
     result: EvalResult, i: int, threshold: float, alpha: float, vmin: float, vmax: float, cmap: str
 ) -> tuple[list[tuple[str, np.ndarray | None]], np.ndarray]:
-    """The panels of image ``i``: ([(title, uint8 (H, W, 3) or None for the feature-mode note)], pred mask bool (H, W))."""
+    """The panels of image ``i``: ([(title, uint8 (H, W, 3) or None for the no-reconstruction note)], pred mask bool (H, W))."""
     rgb = rgb_float(result.images[i])
     amap = to_numpy(result.maps[i])
     if amap.ndim == 3:

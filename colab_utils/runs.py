@@ -121,7 +121,7 @@ class TrainedRun:
         path = Path(run).expanduser()
         if not path.exists():
             raise FileNotFoundError(
-                f"run {path} does not exist; pass the folder that training wrote (RUNS/<category>, holding {BEST}), "
+                f"run {path} does not exist: train first, or pass the folder that training wrote (RUNS/<category>, holding {BEST}), "
                 "e.g. train one with: python -m colab_utils train --data-root DATA --category bottle --out RUNS"
             )
         ckpt_file = path / BEST if path.is_dir() else path

@@ -311,7 +311,7 @@ def evaluate_all(
         out = paths.runs_dir if write else None
         evals[category] = evaluate(run, paths.data_root, category, out, device, batch_size, export=export if write else None)
         if write:
-            from .viz import save_report
+            from .report import save_report
 
             save_report(evals[category], run)
     if write:

@@ -152,11 +152,43 @@ MIN_CALIBRATION_IMAGES = 20
 
 
 def _fit(config, data_root, run_dir, device, progress, train_set, val_set, resume, log, on_epoch) -> TrainResult:
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     started = time.monotonic()
+    config, train_set, val_set = _fit_sets(config, data_root, train_set, val_set, log)
+    family = get_family(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    if not family.trains_by_gradient:
+        return _fit_direct(family, model, config, run_dir, device, train_set, val_set, progress, log, started, resume)
+    loop = _GradientLoop(family, model, config, device, n=len(train_set) * family.views(config))
+    last_path, best_path = run_dir / LAST, run_dir / BEST
+    if resume and (last_path.exists() or ckpt.previous_path(last_path).exists()):
+        loop.resume(_resumable_state(last_path, config, device), log)
+    config.save(run_dir / "config.json")
+    loop.loss_fn = family.loss(config, device)
+    if loop.epoch < config.epochs:
+        # a gradient family learns from what it will see: the tiles under geometry="tile"
+        loop.train_x, loop.val_x = family.prepare(model, train_set.tiles(config), val_set.tiles(config), config,
+                                                  device, log)  # fmt: skip
+    status = loop.run(run_dir, started, progress, log, on_epoch)
+    # The best weights, calibrated on held-out good images, are what evaluation uses.
+    best = _read_best(best_path, LAST, device, log)
+    if best is not None:
+        model.load_state_dict(best["model"])
+    else:  # never written (no epoch improved on inf?) or broken: the latest weights become best.pt
+        best = {**loop.payload("best"), "rebuilt": True}
+    model.eval()
+    calibration = calibrate_run(model, config, device, best_path, train_set, val_set, loop.batch_size, best)
+    return TrainResult(
+        run_dir=run_dir, config=config, model=model, history=loop.history, epochs_done=loop.epoch,
+        best_val_loss=loop.best_val, status=status, seconds=time.monotonic() - started, calibration=calibration,
+    )  # fmt: skip
 
+
+def _fit_sets(config, data_root, train_set, val_set, log) -> tuple[Config, ImageSet, ImageSet]:
+    """(config with its geometry settled, training images, calibration images) at the settled input size: the
+    held-out share of the good images, or for a family that ``cross_fits`` all of them on both sides."""
     if train_set is None:
         if data_root is None:
             raise ValueError("fit needs data_root (an MVTec-layout folder) or train_set")
@@ -181,163 +213,169 @@ def _fit(config, data_root, run_dir, device, progress, train_set, val_set, resum
             "be meaningful); add good images"
             + ("" if family.cross_fits else f" or raise val_fraction (now {config.val_fraction})")
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    return config, train_set, val_set
 
-    torch.manual_seed(config.seed)
-    model = build_model(config).to(device)
-    if not family.trains_by_gradient:
-        return _fit_direct(family, model, config, run_dir, device, train_set, val_set, progress, log, started, resume)
-    trainable = family.trainable(model)
-    params = [p for p in trainable.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    use_amp = bool(config.amp and device.type == "cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    gen = torch.Generator(device="cpu").manual_seed(config.seed)
 
-    views = family.views(config)
-    n = len(train_set) * views
-    batch_size = min(config.batch_size, n)
-    steps_per_epoch = max(1, n // batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps_per_epoch))
+class _GradientLoop:
+    """The state of the shared gradient loop (AdamW, AMP, schedule, RNG, history, where it is) and its steps.
 
-    history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_loss": [], "lr": [], "seconds": []}
-    epoch, best_val = 0, math.inf
-    partial: dict[str, Any] | None = None  # the position inside an epoch a mid-epoch checkpoint stopped at
-    last_path, best_path = run_dir / LAST, run_dir / BEST
-    if resume and (last_path.exists() or ckpt.previous_path(last_path).exists()):
-        state = _resumable_state(last_path, config, device)
-        partial = state.get("partial_epoch")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler") and use_amp:
-            scaler.load_state_dict(state["scaler"])
-        epoch, best_val, history = state["epoch"], state["best_metric"], state["history"]
-        ckpt.set_rng_state(state["rng"])
-        if "generator" in state:
-            gen.set_state(state["generator"])
-        where = f", step {partial['step']}/{steps_per_epoch} of epoch {epoch + 1}" if partial else ""
-        log(f"resumed {config.category} from {state['loaded_from']} at epoch {epoch}/{config.epochs}{where}")
-    config.save(run_dir / "config.json")
+    ``payload`` is what ``last.pt`` and ``best.pt`` hold; ``resume`` restores it; ``run`` trains the remaining
+    epochs, checkpointing and stopping on the time budget; ``train_x`` / ``val_x`` / ``loss_fn`` are set before
+    ``run`` (the family's prepared inputs and loss).
+    """
 
-    loss_fn = family.loss(config, device)
-    if epoch < config.epochs:
-        # a gradient family learns from what it will see: the tiles under geometry="tile"
-        train_x, val_x = family.prepare(model, train_set.tiles(config), val_set.tiles(config), config, device, log)
+    def __init__(self, family, model: nn.Module, config: Config, device: torch.device, n: int) -> None:
+        self.family, self.model, self.config, self.device, self.n = family, model, config, device, n
+        self.trainable = family.trainable(model)
+        self.params = [p for p in self.trainable.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.use_amp = bool(config.amp and device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.gen = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.batch_size = min(config.batch_size, n)
+        self.steps_per_epoch = max(1, n // self.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config, self.steps_per_epoch))
+        self.history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_loss": [], "lr": [], "seconds": []}
+        self.epoch, self.best_val = 0, math.inf
+        self.partial: dict[str, Any] | None = None  # the position inside an epoch a mid-epoch checkpoint stopped at
+        self.loss_fn: Any = None
+        self.train_x: Any = None
+        self.val_x: Any = None
+        self.last_saved = time.monotonic()
 
-    def payload(kind: str, partial_epoch: dict[str, Any] | None = None) -> dict[str, Any]:
+    def payload(self, kind: str, partial_epoch: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "partial_epoch": partial_epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if use_amp else None,
-            "epoch": epoch,
-            "history": history,
-            "config": config.to_dict(),
-            "best_metric": best_val,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.use_amp else None,
+            "epoch": self.epoch,
+            "history": self.history,
+            "config": self.config.to_dict(),
+            "best_metric": self.best_val,
             "rng": ckpt.rng_state(),
-            "generator": gen.get_state(),
+            "generator": self.gen.get_state(),
             "role": kind,
         }
 
-    def run_batch(x: Tensor, train: bool) -> tuple[Tensor, dict[str, float]]:
-        """Loss of one batch; the forward pass runs under autocast on CUDA, the loss in float32."""
-        return family.batch_loss(model, loss_fn, x, train, config, device, gen, use_amp)
+    def resume(self, state: dict[str, Any], log: Callable[[str], None]) -> None:
+        self.partial = state.get("partial_epoch")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") and self.use_amp:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.best_val, self.history = state["epoch"], state["best_metric"], state["history"]
+        ckpt.set_rng_state(state["rng"])
+        if "generator" in state:
+            self.gen.set_state(state["generator"])
+        where = f", step {self.partial['step']}/{self.steps_per_epoch} of epoch {self.epoch + 1}" if self.partial else ""
+        log(f"resumed {self.config.category} from {state['loaded_from']} at epoch {self.epoch}/{self.config.epochs}{where}")
 
-    status = "already_done" if epoch >= config.epochs else "completed"
-    last_saved = time.monotonic()
-    bar = tqdm(total=config.epochs, initial=epoch, desc=f"train {config.category}", disable=not progress)
-    while epoch < config.epochs:
+    def batch(self, x: Tensor, train: bool) -> tuple[Tensor, dict[str, float]]:
+        """Loss of one batch; the forward pass runs under autocast on CUDA, the loss in float32."""
+        return self.family.batch_loss(self.model, self.loss_fn, x, train, self.config, self.device, self.gen,
+                                      self.use_amp)  # fmt: skip
+
+    def run(self, run_dir: Path, started: float, progress: bool, log, on_epoch) -> str:
+        """Train until ``config.epochs`` or the time budget; returns the status ("completed", "time_limit",
+        "already_done")."""
+        from tqdm.auto import tqdm
+
+        config = self.config
+        status = "already_done" if self.epoch >= config.epochs else "completed"
+        self.last_saved = time.monotonic()
+        bar = tqdm(total=config.epochs, initial=self.epoch, desc=f"train {config.category}", disable=not progress)
+        try:
+            while self.epoch < config.epochs:
+                epoch_start, train_loss, count, parts_sum = self._train_epoch(run_dir)
+                val_loss = self._validate()
+                self._record(epoch_start, train_loss, count, parts_sum, val_loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.history['train_loss'][-1]:.4f}", val=f"{val_loss:.4f}")
+                if on_epoch is not None:
+                    on_epoch(self.epoch, self.history)
+                if val_loss < self.best_val:
+                    self.best_val = val_loss
+                    ckpt.save_checkpoint(run_dir / BEST, self.payload("best"), keep_previous=False)
+                out_of_time = config.max_minutes > 0 and (time.monotonic() - started) / 60 >= config.max_minutes
+                due = self.epoch % config.checkpoint_every_epochs == 0 or (
+                    time.monotonic() - self.last_saved >= 60 * config.checkpoint_every_minutes
+                )
+                if due or out_of_time or self.epoch >= config.epochs:
+                    ckpt.save_checkpoint(run_dir / LAST, self.payload("last"))
+                    self.last_saved = time.monotonic()
+                if out_of_time and self.epoch < config.epochs:
+                    log(f"{config.category}: time budget of {config.max_minutes} min reached at epoch {self.epoch}; "
+                        "run again to resume")  # fmt: skip
+                    return "time_limit"
+        finally:
+            bar.close()
+        return status
+
+    def _train_epoch(self, run_dir: Path) -> tuple[float, float, int, dict[str, float]]:
+        """One epoch of steps (from where a mid-epoch checkpoint stopped, if it did); returns (start time,
+        summed loss, images, summed loss parts)."""
+        config, bs = self.config, self.batch_size
         epoch_start = time.monotonic()
-        trainable.train()
-        if partial is not None:  # resume inside the epoch a mid-epoch checkpoint interrupted
-            order, first_step = partial["order"], partial["step"]
-            total, count, parts_sum = partial["total"], partial["count"], dict(partial["parts_sum"])
-            epoch_start -= partial["seconds"]
-            partial = None
+        self.trainable.train()
+        if self.partial is not None:  # resume inside the epoch a mid-epoch checkpoint interrupted
+            p = self.partial
+            order, first_step, total, count, parts_sum = p["order"], p["step"], p["total"], p["count"], dict(p["parts_sum"])
+            epoch_start -= p["seconds"]
+            self.partial = None
         else:
-            order, first_step = torch.randperm(n, generator=gen), 0
+            order, first_step = torch.randperm(self.n, generator=self.gen), 0
             total, count, parts_sum = 0.0, 0, {}
-        for step in range(first_step, steps_per_epoch):
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            loss, parts = run_batch(train_x[idx], train=True)
+        for step in range(first_step, self.steps_per_epoch):
+            idx = order[step * bs : (step + 1) * bs]
+            loss, parts = self.batch(self.train_x[idx], train=True)
             if not torch.isfinite(loss):
-                bar.close()
                 raise TrainingDiverged(
-                    f"{config.category}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}. "
+                    f"{config.category}: loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1}. "
                     f"The last good checkpoint in {run_dir} is kept; lower lr (now {config.lr}) or set amp=False"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            self._step(loss)
             total += loss.item() * len(idx)
             count += len(idx)
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v * len(idx)
-            if step + 1 < steps_per_epoch and time.monotonic() - last_saved >= 60 * config.checkpoint_every_minutes:
+            if step + 1 < self.steps_per_epoch and time.monotonic() - self.last_saved >= 60 * config.checkpoint_every_minutes:
                 # a long epoch: save where we are inside it, so a disconnect loses at most that interval
                 inside = {"step": step + 1, "order": order, "total": total, "count": count,
                           "parts_sum": dict(parts_sum), "seconds": time.monotonic() - epoch_start}  # fmt: skip
-                ckpt.save_checkpoint(last_path, payload("last", inside))
-                last_saved = time.monotonic()
-        trainable.eval()
+                ckpt.save_checkpoint(run_dir / LAST, self.payload("last", inside))
+                self.last_saved = time.monotonic()
+        return epoch_start, total, count, parts_sum
+
+    def _step(self, loss: Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def _validate(self) -> float:
+        self.trainable.eval()
+        bs = self.batch_size
         with torch.no_grad():
-            val_losses = [run_batch(val_x[s : s + batch_size], train=False)[0].item() for s in range(0, len(val_x), batch_size)]
-        val_loss = float(sum(val_losses) / max(1, len(val_losses)))
-        epoch += 1
-        history["epoch"].append(epoch)
-        history["train_loss"].append(total / max(1, count))
-        history["val_loss"].append(val_loss)
-        history["lr"].append(optimizer.param_groups[0]["lr"])
-        history["seconds"].append(time.monotonic() - epoch_start)
+            losses = [self.batch(self.val_x[s : s + bs], train=False)[0].item() for s in range(0, len(self.val_x), bs)]
+        return float(sum(losses) / max(1, len(losses)))
+
+    def _record(self, epoch_start: float, total: float, count: int, parts_sum: dict[str, float], val_loss: float) -> None:
+        self.epoch += 1
+        h = self.history
+        h["epoch"].append(self.epoch)
+        h["train_loss"].append(total / max(1, count))
+        h["val_loss"].append(val_loss)
+        h["lr"].append(self.optimizer.param_groups[0]["lr"])
+        h["seconds"].append(time.monotonic() - epoch_start)
         for k, v in parts_sum.items():
-            history.setdefault(f"train_{k}", []).append(v / max(1, count))
-        bar.update(1)
-        bar.set_postfix(loss=f"{history['train_loss'][-1]:.4f}", val=f"{val_loss:.4f}")
-        if on_epoch is not None:
-            on_epoch(epoch, history)
-
-        if val_loss < best_val:
-            best_val = val_loss
-            ckpt.save_checkpoint(best_path, payload("best"), keep_previous=False)
-        out_of_time = config.max_minutes > 0 and (time.monotonic() - started) / 60 >= config.max_minutes
-        due = epoch % config.checkpoint_every_epochs == 0 or (
-            time.monotonic() - last_saved >= 60 * config.checkpoint_every_minutes
-        )
-        if due or out_of_time or epoch >= config.epochs:
-            ckpt.save_checkpoint(last_path, payload("last"))
-            last_saved = time.monotonic()
-        if out_of_time and epoch < config.epochs:
-            status = "time_limit"
-            log(f"{config.category}: time budget of {config.max_minutes} min reached at epoch {epoch}; run again to resume")
-            break
-    bar.close()
-
-    # The best weights, calibrated on held-out good images, are what evaluation uses.
-    best = _read_best(best_path, LAST, device, log)
-    if best is not None:
-        model.load_state_dict(best["model"])
-    else:  # never written (no epoch improved on inf?) or broken: the latest weights become best.pt
-        best = {**payload("best"), "rebuilt": True}
-    model.eval()
-    calibration = calibrate_run(model, config, device, best_path, train_set, val_set, batch_size, best)
-    return TrainResult(
-        run_dir=run_dir,
-        config=config,
-        model=model,
-        history=history,
-        epochs_done=epoch,
-        best_val_loss=best_val,
-        status=status,
-        seconds=time.monotonic() - started,
-        calibration=calibration,
-    )
+            h.setdefault(f"train_{k}", []).append(v / max(1, count))
 
 
 def describe_fit(result: TrainResult) -> str:

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from colab_utils.config import CORRUPTIONS
-from colab_utils.corruption import CORRUPTION_KINDS, TEXTURE_SOURCES, perlin_masks, perlin_noise, synthesize_defects
+from colab_utils.corruption import (
+    CORRUPTION_KINDS,
+    CORRUPTIONS,
+    TEXTURE_SOURCES,
+    perlin_masks,
+    perlin_noise,
+    synthesize_defects,
+)
 
 
 def _images(b=8, c=3, h=64, w=64, seed=0) -> torch.Tensor:

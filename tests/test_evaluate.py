@@ -111,7 +111,7 @@ def test_command_line_names_the_profile_it_picked(sample_root, tmp_path, capsys,
     out = capsys.readouterr().out
     assert "profile 'smoke' (as asked" in out and "base_width=8" in out
     saved = json.loads((runs / "sample" / "config.json").read_text())
-    assert saved["image_size"] == 64 and saved["base_width"] == 8 and saved["epochs"] == 1
+    assert saved["image_size"] == 64 and saved["model"]["base_width"] == 8 and saved["epochs"] == 1
 
 
 UNET_TINY = dict(mode="unet", base_width=8, depth=3, skip_levels=1, out_scales=(1, 2), loss_scale_weights=(1.0, 0.5),

@@ -125,7 +125,7 @@ def test_bad_inputs_name_the_problem_and_the_fix(bottle_run, tmp_path):
     (unfinished / "last.pt").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="no finished model.*did not finish.*resumes"):
         Inspector.load(unfinished, "cpu")
-    with pytest.raises(FileNotFoundError, match="does not exist; pass the folder that training wrote"):
+    with pytest.raises(FileNotFoundError, match="does not exist: train first, or pass the folder that training wrote"):
         Inspector.load(tmp_path / "nowhere", "cpu")
     inspector = Inspector.load(bottle_run, "cpu")
     size = inspector.config.image_size
@@ -179,15 +179,15 @@ def test_show_inspections_puts_the_most_suspicious_first(bottle_run, mixed_folde
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from colab_utils import viz
+    from colab_utils import eval_figures
 
     folder, sizes = mixed_folder
     report = Inspector.load(bottle_run, "cpu").predict(folder, out=tmp_path, progress=False, log=lambda _m: None)
-    fig = viz.show_inspections(report, n=3, save_path=tmp_path / "inspections.png")
+    fig = eval_figures.show_inspections(report, n=3, save_path=tmp_path / "inspections.png")
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     best = sorted(report.predictions, key=lambda p: -p.margin)[:3]
     assert [t.splitlines()[0] for t in titles] == ["/".join(Path(p.path).parts[-2:]) for p in best]
     assert report.summary() in fig._suptitle.get_text() and (tmp_path / "inspections.png").stat().st_size > 1000
     plt.close(fig)
     with pytest.raises(ValueError, match="out=FOLDER"):
-        viz.show_inspections(Inspector.load(bottle_run, "cpu").predict(folder / "good.png", progress=False))
+        eval_figures.show_inspections(Inspector.load(bottle_run, "cpu").predict(folder / "good.png", progress=False))

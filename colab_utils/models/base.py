@@ -52,6 +52,8 @@ RETIRED_FAMILIES = {
         "mode='memory_bank' (the default), or retrain with it"
     ),
 }
+#: The retired families' own fields, which the old flat configs held for every mode: dropped when one loads.
+RETIRED_FIELDS = frozenset({"feature_latent", "feature_pool", "feature_downsample", "feature_cosine_weight"})
 
 
 @dataclass
@@ -71,7 +73,7 @@ class Family:
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}  # PROFILE_NAMES -> values (shared or the family's fields)
     threshold_percentile: float = 99.0  # default Config.threshold_percentile (of good calibration scores)
     resumable: ClassVar[frozenset[str]] = frozenset()  # own fields that may change between a run and its resumption
-    retired: ClassVar[dict[str, str]] = {}  # old own fields refused when truthy: name -> why and what to do
+    retired: ClassVar[dict[str, str | None]] = {}  # old own fields: name -> why it is refused when set, or None (dropped)
     trains_by_gradient: bool = True
     needs_backbone: bool = False  # needs ImageNet weights when ``config.pretrained``
     has_reconstruction: bool = False  # raw_maps returns a pixel reconstruction (shown by the gallery)

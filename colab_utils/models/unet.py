@@ -281,9 +281,11 @@ class UNetFamily(Family):
         "discriminative_head": (
             "the U-Net's discriminative head (DRAEM-style) was retired: it measured below the plain U-Net on every "
             "setting tried (gpu profile, H200: capsule 85.4 / 67.2 / 53.1 after 164 epochs against 85.9 / 78.1 / "
-            "76.1; screw 60.7 / 78.3 / 50.9 against 67.8 / 96.3 / 86.9; benchmarks/README.md). Set "
-            "discriminative_head to false (or remove it) to train the plain U-Net"
+            "76.1; screw 60.7 / 78.3 / 50.9 against 67.8 / 96.3 / 86.9; benchmarks/README.md). A run trained "
+            "with it cannot be loaded any more; remove discriminative_head (or set it false) and train the plain U-Net"
         ),
+        # the head's own settings: without the head they did nothing, so an old config drops them
+        "head_width": None, "head_loss_weight": None, "head_focal_gamma": None, "head_recon_map_weight": None,
     }
 
     def build(self, config, pretrained: bool | None = None) -> nn.Module:
