@@ -16,14 +16,14 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-# Offline ImageNet weights: when TORCH_HOME is unset and a folder holding torchvision's
-# mobilenet_v2-b0353104.pth exists (SHARED_WEIGHTS), torchvision is pointed at it instead of downloading.
+# Offline ImageNet weights: when torchvision's cache (TORCH_HOME, default ~/.cache/torch) lacks
+# mobilenet_v2-b0353104.pth and a folder holding it exists (SHARED_WEIGHTS), torchvision is pointed at it.
 SHARED_WEIGHTS ?= ../shared/weights
 WEIGHTS_FILE   := mobilenet_v2-b0353104.pth
 
 ## Run the main job: the five notebooks, headless, on MVTEC_ROOT if set, else on the built-in sample.
 demo: $(STAMP)
-	@if [ -z "$$TORCH_HOME" ] && [ -f "$(SHARED_WEIGHTS)/$(WEIGHTS_FILE)" ]; then \
+	@if [ ! -f "$${TORCH_HOME:-$$HOME/.cache/torch}/hub/checkpoints/$(WEIGHTS_FILE)" ] && [ -f "$(SHARED_WEIGHTS)/$(WEIGHTS_FILE)" ]; then \
 	  mkdir -p outputs/torch_home/hub/checkpoints; \
 	  ln -sf "$$(cd "$(SHARED_WEIGHTS)" && pwd)/$(WEIGHTS_FILE)" outputs/torch_home/hub/checkpoints/; \
 	  export TORCH_HOME="$$(pwd)/outputs/torch_home"; \

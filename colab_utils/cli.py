@@ -97,9 +97,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     report = inspector.predict(args.images, out=args.out, batch_size=args.batch_size)
     print(report.summary())
     if not report.predictions:
-        print(f"error: none of the {len(report.skipped)} files could be read (see the messages above)", file=sys.stderr)
+        print(f"error: none of the {len(report.skipped)} files could be read (see the messages above); nothing was "
+              f"written, and any previous results in {args.out} are kept", file=sys.stderr)  # fmt: skip
         return 2
     print(f"verdicts: {report.csv}; overlays and masks: {Path(args.out) / 'overlays'}, {Path(args.out) / 'masks'}")
+    if report.skipped_csv:
+        print(f"skipped files and why: {report.skipped_csv}")
     return 0
 
 
@@ -284,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("COLAB_UTILS_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only folder: what was saved is kept, the message says where
+        if os.environ.get("COLAB_UTILS_DEBUG"):
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}: check that the folder exists, is writable and has free "
+              "space, then run the same command again (what was already saved is kept)"
+              if exc.strerror else f"error: {exc}", file=sys.stderr)  # fmt: skip
         return 2
 
 

@@ -275,7 +275,8 @@ class Config:
         """Read a JSON or YAML file written by :meth:`save` (or by hand)."""
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; write one with Config().save({str(path)!r})")
+            raise ConfigError(f"config file {path} does not exist; check the path given to --config, or write one "
+                              f"(Python: Config().save({str(path)!r}))")
         text = path.read_text()
         try:
             if path.suffix in (".yaml", ".yml"):

@@ -110,10 +110,10 @@ def _check_root(root: PathLike) -> Path:
     path = Path(root).expanduser()
     if not path.exists():
         raise DataError(
-            f"data folder {path} does not exist. Point data_root (or the MVTEC_ROOT environment variable) at a "
-            f"folder holding <category>/train/good, download MVTec AD with "
-            f"colab_utils.download.download_mvtec({str(path)!r}), or create the built-in sample category with "
-            f"colab_utils.sample.make_sample({str(path)!r})"
+            f"data folder {path} does not exist. Point --data-root (Python: data_root, or the MVTEC_ROOT environment "
+            f"variable) at a folder holding <category>/train/good, download MVTec AD with `python -m colab_utils "
+            f"download {path}` (Python: colab_utils.download.download_mvtec({str(path)!r})), or create the built-in "
+            f"sample category with `python -m colab_utils make-sample {path}`"
         )
     if not path.is_dir():
         raise DataError(f"data folder {path} is a file, not a folder; pass the folder that holds the categories")
@@ -519,7 +519,7 @@ def copy_to_local(src: PathLike, dst: PathLike, progress: bool = True) -> Path:
     place (``os.replace``), so a half-copied file never takes the real name. File times
     are kept. ``src`` is only read. Returns ``dst``.
     """
-    from tqdm.auto import tqdm
+    from .env import progress_bar as tqdm
 
     source = _check_folder(src, "source folder")
     target = Path(dst).expanduser()

@@ -77,7 +77,7 @@ def _by_hand(url: str, dest: Path) -> str:
     return (
         f"Check the internet connection and run again (an interrupted download resumes from {dest.name}.part), "
         f"or download {url} by hand (e.g. in a browser), save it as {dest} or pass its path "
-        f"(download_mvtec(..., archive=PATH))"
+        f"(--archive PATH; Python: download_mvtec(..., archive=PATH))"
     )
 
 
@@ -110,7 +110,7 @@ def download_file(
         raise DownloadError(
             f"checksum mismatch for {url}: sha256 {digest}, expected {sha256.lower()}. The download was corrupted or "
             f"the file on the server changed; the bad file was deleted. Run again, or download the file by hand and "
-            f"pass its path (download_mvtec(..., archive=PATH)); pass sha256=None only if you trust the source"
+            f"pass its path (--archive PATH; Python: download_mvtec(..., archive=PATH)); skip the check (Python: sha256=None) only if you trust the source"
         )
     os.replace(part, dest)
     return dest
@@ -143,7 +143,7 @@ def _open_resumable(url: str, dest: Path, part: Path, timeout: float):
 def _stream_to(resp, part: Path, start: int, url: str, dest: Path, progress: bool) -> str:
     """Append the response to ``part`` (or rewrite it when the server ignored the range) with a progress bar;
     returns the sha256 of the whole file. A short or broken transfer raises, keeping ``part`` for resuming."""
-    from tqdm.auto import tqdm
+    from .env import progress_bar as tqdm
 
     hasher = hashlib.sha256()
     with resp:
@@ -274,7 +274,7 @@ _Member = tuple[str, str, Callable[[], BinaryIO]]  # (name, kind: "dir" | "file"
 
 
 def _iter_tar(archive: Path, progress: bool) -> Iterator[_Member]:
-    from tqdm.auto import tqdm
+    from .env import progress_bar as tqdm
 
     with (
         open(archive, "rb") as raw,
@@ -294,7 +294,7 @@ def _iter_tar(archive: Path, progress: bool) -> Iterator[_Member]:
 
 
 def _iter_zip(archive: Path, progress: bool) -> Iterator[_Member]:
-    from tqdm.auto import tqdm
+    from .env import progress_bar as tqdm
 
     with zipfile.ZipFile(archive) as zf:
         for info in tqdm(zf.infolist(), desc=f"extract {archive.name}", unit="file", disable=not progress):
@@ -460,8 +460,9 @@ def download_mvtec(
             download_file(url, archive_path, sha256=sha256, progress=progress)
         except DownloadError as exc:
             raise DownloadError(
-                f"{exc}. MVTec AD can also be downloaded by hand from {MVTEC_PAGE}; then call "
-                f"download_mvtec({str(dest)!r}, archive='path/to/mvtec_anomaly_detection.tar.xz')"
+                f"{exc}. MVTec AD can also be downloaded by hand from {MVTEC_PAGE}; then run `python -m colab_utils "
+                f"download {dest} --archive path/to/mvtec_anomaly_detection.tar.xz` (Python: "
+                f"download_mvtec({str(dest)!r}, archive='path/to/mvtec_anomaly_detection.tar.xz'))"
             ) from exc
     else:
         archive_path = Path(archive).expanduser()

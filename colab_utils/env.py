@@ -13,7 +13,7 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -77,14 +77,14 @@ def get_device(preferred: Union[str, torch.device, None] = None) -> torch.device
         if not torch.cuda.is_available():
             hint = COLAB_GPU_HINT if in_colab() else "Install a CUDA build of PyTorch on a machine with an NVIDIA GPU,"
             raise RuntimeError(
-                f"device={preferred!r} was requested but CUDA is not available. {hint} or use device='cpu'"
+                f"device={preferred!r} was requested but CUDA is not available. {hint} or use the CPU (--device cpu; Python: device='cpu')"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise RuntimeError(
                 f"device={preferred!r}: only {torch.cuda.device_count()} CUDA device(s) visible; use 'cuda:0'"
             )
     elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError(f"device={preferred!r} was requested but Apple MPS is not available; use device='cpu'")
+        raise RuntimeError(f"device={preferred!r} was requested but Apple MPS is not available; use the CPU (--device cpu; Python: device='cpu')")
     return device
 
 
@@ -179,3 +179,18 @@ def seed_everything(seed: int, deterministic: bool = False) -> int:
 def running_smoke() -> bool:
     """Whether the environment variable ``SMOKE`` asks for a quick smoke run (``1``, ``true``, ``yes``, ``on``)."""
     return os.environ.get("SMOKE", "").strip().lower() in _TRUE
+
+
+#: Set (to anything) for plain-text progress bars: the headless notebook runner sets it, so an executed notebook
+#: keeps each bar's final line (a widget bar saved without its widget state would show its first state, 0 %).
+TEXT_PROGRESS_ENV = "COLAB_UTILS_TEXT_PROGRESS"
+
+
+def progress_bar(*args: Any, **kwargs: Any):
+    """A tqdm progress bar: the notebook widget where one can be shown (tqdm.auto), plain text when
+    :data:`TEXT_PROGRESS_ENV` is set."""
+    if os.environ.get(TEXT_PROGRESS_ENV):
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(*args, **kwargs)

@@ -375,7 +375,10 @@ def write_summary(results: list[dict[str, Any]], folder: str | Path) -> tuple[Pa
     return md_path, csv_path
 
 
-def summarize_runs(folder: str | Path) -> tuple[Path, Path] | None:
-    """Write ``summary.md``/``summary.csv`` of every ``folder/*/results.json``; ``None`` when there is none."""
+def summarize_runs(folder: str | Path, categories: list[str] | None = None) -> tuple[Path, Path] | None:
+    """Write ``summary.md``/``summary.csv`` of every ``folder/*/results.json`` (only those of ``categories`` when
+    given: a run's summary holds its own categories, not an earlier run's); ``None`` when there is none."""
     found = sorted(Path(folder).glob("*/results.json"))
+    if categories is not None:
+        found = [p for p in found if p.parent.name in set(categories)]
     return write_summary([load_results(p) for p in found], folder) if found else None

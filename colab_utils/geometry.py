@@ -121,6 +121,24 @@ def upscaled(config: Any, sizes: Sequence[tuple[int, int]]) -> list[int]:
     return [i for i, (iw, ih) in enumerate(sizes) if iw * 2 < w and ih * 2 < h]
 
 
+#: Smallest side of a training image worth learning from; smaller ones get a warning naming them.
+MIN_TRAIN_SIDE = 16
+#: An image whose aspect differs from the work size's by more than this factor is strongly stretched.
+STRETCH_FACTOR = 1.5
+
+
+def odd_sizes(config: Any, sizes: Sequence[tuple[int, int]]) -> dict[str, list[int]]:
+    """Indices of the images of ``sizes`` [(width, height)] worth a warning at fit: ``"tiny"`` (a side under
+    :data:`MIN_TRAIN_SIDE` px: an icon or a broken export) and ``"stretched"`` (an aspect more than
+    :data:`STRETCH_FACTOR` times off the work size's, so resizing distorts the part)."""
+    h, w = config.work_size
+    target = w / h
+    tiny = [i for i, (iw, ih) in enumerate(sizes) if min(iw, ih) < MIN_TRAIN_SIDE]
+    stretched = [i for i, (iw, ih) in enumerate(sizes) if i not in tiny and ih > 0 and iw > 0
+                 and max((iw / ih) / target, target / (iw / ih)) > STRETCH_FACTOR]  # fmt: skip
+    return {"tiny": tiny, "stretched": stretched}
+
+
 def _round8(x: float) -> int:
     return max(8, int(round(x / 8.0)) * 8)
 

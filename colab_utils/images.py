@@ -6,6 +6,7 @@ the fix.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -57,9 +58,22 @@ def to_8bit(im: Image.Image) -> Image.Image:
     return im
 
 
+class OddImageWarning(UserWarning):
+    """An image that reads, but probably not as meant (fully transparent); the message names the file."""
+
+
 def read_pil(path: Path, channels: int) -> Image.Image:
-    """An image file as 8-bit PIL in mode "RGB" (``channels`` 3; gray files repeated) or "L" (1: luminance)."""
-    return to_8bit(open_image(path, "image")).convert("RGB" if channels == 3 else "L")
+    """An image file as 8-bit PIL in mode "RGB" (``channels`` 3; gray files repeated) or "L" (1: luminance).
+
+    Transparency is dropped (the colour values under it are used); a fully transparent file gets an
+    :class:`OddImageWarning` naming it, since what it shows is then an accident of the exporter."""
+    im = open_image(path, "image")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        alpha = np.asarray(im.convert("RGBA"))[..., 3]
+        if alpha.size and alpha.max() == 0:
+            warnings.warn(f"{path} is fully transparent: its hidden colour values are used as the image; export it "
+                          "without an alpha channel (or remove it)", OddImageWarning, stacklevel=2)  # fmt: skip
+    return to_8bit(im).convert("RGB" if channels == 3 else "L")
 
 
 def size_hw(size: int | tuple[int, int]) -> tuple[int, int]:

@@ -10,8 +10,13 @@ overlay and the predicted mask lie on the original photo. Verdicts use the run's
 came from good training images only: ``DEFECT`` when ``score >= image threshold``; the mask is
 ``map >= pixel threshold``. An unreadable file is reported and skipped; the rest are still predicted.
 
-With ``out``: ``predictions.csv`` (written atomically), ``overlays/<name>.png`` and ``masks/<name>.png``
-(0/255, the source size), named by each file's path below the inputs' common folder. The same call backs ``python -m colab_utils predict`` and notebook 05.
+With ``out``: ``predictions.csv``, ``overlays/<name>.png`` and ``masks/<name>.png`` (0/255, the source size),
+named by each file's path below the inputs' common folder, and ``skipped.csv`` (path, reason) when files were
+skipped. A run is a transaction (:mod:`colab_utils.outputs`): everything is staged in a fresh folder and
+replaces the previous result only when the run succeeded; a run that read no file, failed or was interrupted
+leaves the previous result as it was; a write failure midway keeps the finished part as
+``out/unfinished-<time>`` and says so. The folder is checked for writing before any scoring. The same call backs
+``python -m colab_utils predict`` and notebook 05.
 """
 
 from __future__ import annotations
@@ -30,12 +35,16 @@ import torch
 
 from .data import IMAGE_EXTENSIONS, DataError, natural_key, read_image, resize_image
 from .geometry import MAX_ASPECT
+from .outputs import StagedOutput
 from .runs import TrainedRun
 
 #: Images with a shorter side below this are skipped by ``predict`` with the reason (a 1 x 1 file is no photo).
 MIN_SIDE = 16
 
-__all__ = ["CSV_COLUMNS", "InspectionReport", "Inspector", "Prediction", "find_images"]
+__all__ = ["CSV_COLUMNS", "OUTPUT_NAMES", "InspectionReport", "Inspector", "Prediction", "find_images"]
+
+#: What one predict run writes into its ``out`` folder, replaced together (colab_utils.outputs).
+OUTPUT_NAMES = ("predictions.csv", "skipped.csv", "overlays", "masks")
 
 CSV_COLUMNS = ("path", "score", "threshold", "margin", "verdict", "defect_area_percent", "width", "height",
                "overlay", "mask")  # fmt: skip
@@ -81,7 +90,7 @@ class Prediction:
 @dataclass
 class InspectionReport:
     """What :meth:`Inspector.predict` did: ``predictions`` (input order), ``skipped`` ([(path, reason)]),
-    the thresholds used, and ``csv`` (the written file, or None)."""
+    the thresholds used, ``csv`` (the written file, or None: nothing written) and ``skipped_csv``."""
 
     predictions: list[Prediction]
     skipped: list[tuple[str, str]]
@@ -89,6 +98,7 @@ class InspectionReport:
     pixel_threshold: float
     csv: Path | None = None
     seconds: float = 0.0
+    skipped_csv: Path | None = None
 
     @property
     def n_defect(self) -> int:
@@ -239,16 +249,46 @@ class Inspector:
         ``predictions.csv``, ``overlays/`` and ``masks/`` (None: nothing written). keep_maps: keep each
         source-resolution anomaly map on its :class:`Prediction`. log: where skipped files are reported.
         """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: must be a whole number of at least 1 (--batch-size)")
+        files = find_images(images)
+        if out is None:
+            return self._predict_files(files, None, None, batch_size, progress, keep_maps, log, alpha, [])
+        done: list[Prediction] = []
+        with StagedOutput(out, OUTPUT_NAMES) as stage:  # refuses an unwritable folder before any work
+            try:
+                report = self._predict_files(files, stage.path, stage.out, batch_size, progress, keep_maps, log,
+                                             alpha, done)  # fmt: skip
+                if not report.predictions:  # nothing to show: the previous result stays as it was
+                    return report
+                write_predictions_csv(report.predictions, stage.path / "predictions.csv")
+                if report.skipped:
+                    write_skipped_csv(report.skipped, stage.path / "skipped.csv")
+            except OSError as exc:
+                if done:
+                    write_predictions_csv(done, stage.path / "predictions.csv")
+                kept = stage.keep() if done else None
+                raise OSError(
+                    f"writing the results to {stage.out} failed after {len(done)} of {len(files)} images "
+                    f"({type(exc).__name__}: {exc.strerror or exc}); "
+                    + (f"the finished ones are in {kept}; " if kept else "")
+                    + f"the previous results in {stage.out} are untouched. Free space or choose another --out, "
+                    "and run again"
+                ) from exc
+            stage.publish()
+        report.csv = stage.out / "predictions.csv"
+        report.skipped_csv = stage.out / "skipped.csv" if report.skipped else None
+        return report
+
+    def _predict_files(self, files: list[Path], write_dir: Path | None, final_dir: Path | None, batch_size: int,
+                       progress: bool, keep_maps: bool, log: Any, alpha: float, done: list) -> InspectionReport:  # fmt: skip
+        """Score ``files`` in batches; overlays and masks go to ``write_dir`` under the names they will have in
+        ``final_dir``. ``done`` collects the predictions as they finish (what a failed write leaves)."""
         import time
 
-        from tqdm.auto import tqdm
+        from .env import progress_bar as tqdm
 
-        files = find_images(images)
-        out_dir = Path(out).expanduser() if out is not None else None
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)  # overlays/ and masks/ sub-folders are made per file
         names = _output_names(files)
-        predictions: list[Prediction] = []
         skipped: list[tuple[str, str]] = []
         started = time.perf_counter()
         bar = tqdm(total=len(files), desc=f"inspect {self.category}", unit="img", disable=not progress)
@@ -257,15 +297,7 @@ class Inspector:
             loaded = []
             for k, path in enumerate(chunk):
                 try:
-                    img = read_image(path, self.config.channels)
-                    h, w = img.shape[-2:]
-                    if min(h, w) < MIN_SIDE:
-                        raise DataError(f"{path} is {w}x{h} px, too small to inspect: a verdict needs at least "
-                                        f"{MIN_SIDE} px a side; check it is the photo you meant")  # fmt: skip
-                    if max(h, w) > MAX_ASPECT * min(h, w):
-                        raise DataError(f"{path} is {w}x{h} px, an aspect of more than {MAX_ASPECT:g}:1 that no "
-                                        "geometry can inspect; crop it to the part")  # fmt: skip
-                    loaded.append((start + k, path, img))
+                    loaded.append((start + k, path, self._read(path)))
                 except DataError as exc:
                     skipped.append((str(path), str(exc)))
                     log(f"skipped {path}: {exc}")
@@ -273,17 +305,27 @@ class Inspector:
                 batch = np.stack([resize_image(img, self.config.work_size) for _, _, img in loaded])
                 scores, maps = self.score_batch(batch)
                 for (i, path, img), score, amap in zip(loaded, scores, maps):
-                    predictions.append(self._one(path, img, float(score), amap, out_dir, names[i], keep_maps, alpha))
+                    done.append(self._one(path, img, float(score), amap, write_dir, final_dir, names[i], keep_maps,
+                                          alpha))  # fmt: skip
             bar.update(len(chunk))
         bar.close()
-        report = InspectionReport(predictions, skipped, self.image_threshold, self.pixel_threshold,
-                                  seconds=time.perf_counter() - started)  # fmt: skip
-        if out_dir is not None:
-            report.csv = write_predictions_csv(report.predictions, out_dir / "predictions.csv")
-        return report
+        return InspectionReport(list(done), skipped, self.image_threshold, self.pixel_threshold,
+                                seconds=time.perf_counter() - started)  # fmt: skip
 
-    def _one(self, path: Path, img: np.ndarray, score: float, amap: np.ndarray, out_dir: Path | None, name: str,
-             keep_map: bool, alpha: float) -> Prediction:  # fmt: skip
+    def _read(self, path: Path) -> np.ndarray:
+        """The file at its own size, uint8 (C, H, W); too small or too thin a picture raises :class:`DataError`."""
+        img = read_image(path, self.config.channels)
+        h, w = img.shape[-2:]
+        if min(h, w) < MIN_SIDE:
+            raise DataError(f"{path} is {w}x{h} px, too small to inspect: a verdict needs at least "
+                            f"{MIN_SIDE} px a side; check it is the photo you meant")  # fmt: skip
+        if max(h, w) > MAX_ASPECT * min(h, w):
+            raise DataError(f"{path} is {w}x{h} px, an aspect of more than {MAX_ASPECT:g}:1 that no "
+                            "geometry can inspect; crop it to the part")  # fmt: skip
+        return img
+
+    def _one(self, path: Path, img: np.ndarray, score: float, amap: np.ndarray, write_dir: Path | None,
+             final_dir: Path | None, name: str, keep_map: bool, alpha: float) -> Prediction:  # fmt: skip
         from PIL import Image
 
         height, width = img.shape[-2:]
@@ -292,13 +334,14 @@ class Inspector:
         verdict = "DEFECT" if score >= self.image_threshold else "OK"
         pred = Prediction(str(path.resolve()), score, self.image_threshold, verdict, 100.0 * float(mask.mean()), width, height,
                           anomaly_map=full if keep_map else None)  # fmt: skip
-        if out_dir is not None:
-            pred.overlay = str(out_dir / "overlays" / f"{name}.png")
-            pred.mask = str(out_dir / "masks" / f"{name}.png")
-            Path(pred.overlay).parent.mkdir(parents=True, exist_ok=True)
-            Path(pred.mask).parent.mkdir(parents=True, exist_ok=True)
-            _write_png(overlay_picture(img, full, mask, self.pixel_threshold, pred, alpha), pred.overlay)
-            _write_png(mask.astype(np.uint8) * 255, pred.mask)
+        if write_dir is not None:
+            pred.overlay = str(final_dir / "overlays" / f"{name}.png")
+            pred.mask = str(final_dir / "masks" / f"{name}.png")
+            overlay, mask_file = write_dir / "overlays" / f"{name}.png", write_dir / "masks" / f"{name}.png"
+            overlay.parent.mkdir(parents=True, exist_ok=True)
+            mask_file.parent.mkdir(parents=True, exist_ok=True)
+            _write_png(overlay_picture(img, full, mask, self.pixel_threshold, pred, alpha), str(overlay))
+            _write_png(mask.astype(np.uint8) * 255, str(mask_file))
         return pred
 
 
@@ -341,6 +384,19 @@ def write_predictions_csv(predictions: Sequence[Prediction], path: str | os.Path
     writer.writeheader()
     for p in predictions:
         writer.writerow(p.row())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_skipped_csv(skipped: Sequence[tuple[str, str]], path: str | os.PathLike) -> Path:
+    """``skipped.csv``: one row per file that was not inspected, with the reason (path, reason)."""
+    path = Path(path)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows(skipped)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(buf.getvalue(), encoding="utf-8")
     os.replace(tmp, path)

@@ -9,9 +9,13 @@ executed copy. Needs the dev extras (nbclient, nbformat, nbconvert, ipykernel).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from .env import TEXT_PROGRESS_ENV
 
 NOTEBOOKS = ("01_data_exploration", "02_training", "03_evaluation", "04_heatmap_gallery", "05_inspect_new_images")
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -61,6 +65,33 @@ def params_for(path: str | Path, params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k in declared}
 
 
+def _kernel_transport() -> tuple[Any, Path | None]:
+    """(traitlets config, socket folder): the kernel on local IPC sockets where the system has them (no TCP port,
+    so the kernel has no plain-text transport to warn about), in a private folder; TCP elsewhere."""
+    from traitlets.config import Config as TraitletsConfig
+
+    config = TraitletsConfig()
+    if os.name == "nt":
+        return config, None
+    # an absolute socket path: the kernel runs in the notebook's folder, the client here
+    sockets = Path(tempfile.mkdtemp(prefix="colab_utils-kernel-"))
+    config.KernelManager.transport = "ipc"
+    config.KernelManager.ip = str(sockets / "kernel")
+    return config, sockets
+
+
+def _coalesced(nb: Any) -> Any:
+    """Each cell's consecutive stream outputs merged and carriage returns applied (nbconvert's own
+    preprocessor), so a text progress bar is saved as its final line."""
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
+    coalesce = CoalesceStreamsPreprocessor()
+    for index, cell in enumerate(nb.cells):
+        if cell.get("cell_type") == "code":
+            coalesce.preprocess_cell(cell, {}, index)
+    return nb
+
+
 def execute_notebook(
     path: str | Path,
     params: dict[str, Any] | None = None,
@@ -83,18 +114,24 @@ def execute_notebook(
     inject_parameters(nb, params or {})
     workdir = Path(cwd or Path(path).parent)
     workdir.mkdir(parents=True, exist_ok=True)
-    saved = {k: os.environ.get(k) for k in (env_vars or {})}
-    os.environ.update(env_vars or {})
+    env_vars = {TEXT_PROGRESS_ENV: "1", **(env_vars or {})}  # a saved bar keeps its final line, not its first
+    saved = {k: os.environ.get(k) for k in env_vars}
+    os.environ.update(env_vars)
+    kernel_config, sockets = _kernel_transport()
     try:
         client = NotebookClient(
             nb,
             timeout=timeout,
             kernel_name="python3",
             resources={"metadata": {"path": str(workdir)}},
+            config=kernel_config,
         )
         try:
             client.execute()
         finally:
+            if sockets is not None:
+                shutil.rmtree(sockets, ignore_errors=True)
+            nb = _coalesced(nb)
             if out_path is not None:
                 out_path = Path(out_path)
                 out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -199,7 +199,7 @@ def predict(
     ``scores`` float32 (N,) (from the per-position standardised map when
     ``position`` is given, else from ``maps``), ``recons`` uint8 (N,C,H,W) or ``None``.
     """
-    from tqdm.auto import tqdm
+    from .env import progress_bar as tqdm
 
     was_training = model.training
     model.eval()

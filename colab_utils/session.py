@@ -315,7 +315,7 @@ def evaluate_all(
 
             save_report(evals[category], run)
     if write:
-        summarize_runs(paths.runs_dir)
+        summarize_runs(paths.runs_dir, list(categories))
     return evals
 
 

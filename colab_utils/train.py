@@ -107,6 +107,15 @@ def settle_geometry(
         log(f"note: {len(small)} of {len(sizes)} training images are under half the size the model works at "
             f"({config.work_size[1]}x{config.work_size[0]}) and are upscaled, e.g. {paths[small[0]]} "
             f"({sizes[small[0]][0]}x{sizes[small[0]][1]} px); their detail is what the camera gave")  # fmt: skip
+    odd = geometry.odd_sizes(config, sizes)
+    for kind, why in (("tiny", f"under {geometry.MIN_TRAIN_SIDE} px a side: an icon or a broken export, which "
+                                "teaches the model nothing about the part; remove it from the good images"),
+                      ("stretched", "of an aspect far from the others': resizing to the work size distorts the "
+                                    "part; crop it like the others, or train it as a separate category")):  # fmt: skip
+        if idx := odd[kind]:
+            named = ", ".join(f"{paths[i]} ({sizes[i][0]}x{sizes[i][1]} px)" for i in idx[:3])
+            log(f"warning: {config.category}: {len(idx)} training image{'s are' if len(idx) > 1 else ' is'} {why}: "
+                f"{named}{' ...' if len(idx) > 3 else ''}")
     return config
 
 
@@ -281,7 +290,7 @@ class _GradientLoop:
     def run(self, run_dir: Path, started: float, progress: bool, log, on_epoch) -> str:
         """Train until ``config.epochs`` or the time budget; returns the status ("completed", "time_limit",
         "already_done")."""
-        from tqdm.auto import tqdm
+        from .env import progress_bar as tqdm
 
         config = self.config
         status = "already_done" if self.epoch >= config.epochs else "completed"

@@ -300,6 +300,25 @@ class LiveHistory:
         self.last_title = ""
         self.last_lines = 0
 
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget view, with a plain line for viewers without a widget manager (a saved notebook shows that
+        line, not a literal ``Output()``; the final curves are drawn by :func:`plot_fit` after training)."""
+        data = dict(self.widget._repr_mimebundle_(**kwargs))
+        data["text/plain"] = f"(live loss curves{' of ' + self.title if self.title else ''}: the final ones are drawn below)"
+        return data
+
+    def _ipython_display_(self) -> None:
+        """In Colab the widget itself, so Colab's display hook adds what its widget manager needs; elsewhere the
+        bundle of :meth:`_repr_mimebundle_`."""
+        from IPython.display import display
+
+        from .env import in_colab
+
+        if in_colab():
+            display(self.widget)
+        else:
+            display(self._repr_mimebundle_(), raw=True)
+
     def update(self, epoch: int, history: Mapping[str, Sequence[float]]) -> None:
         import matplotlib.pyplot as plt
         from IPython.display import display
@@ -345,5 +364,5 @@ def live_history(config: Any, title: str | None = None) -> LiveHistory | None:
     if not get_family(config).trains_by_gradient:
         return None
     live = LiveHistory(title=title)
-    display(live.widget)
+    display(live)
     return live

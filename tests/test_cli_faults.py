@@ -40,3 +40,30 @@ def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(monkeypatch, capsys):
     monkeypatch.setenv("COLAB_UTILS_DEBUG", "1")
     with pytest.raises(KeyboardInterrupt):
         cli.main(["train", "--data-root", "d", "--category", "bottle", "--out", "runs"])
+
+
+def test_export_refuses_an_unsupported_opset_in_one_line(capsys):
+    from pathlib import Path
+
+    run = Path(__file__).parent / "fixtures" / "old_runs" / "memory_bank"
+    code = cli.main(["export", "--run", str(run), "--format", "onnx", "--opset", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--opset 3: the graph exports to ONNX opsets 14-20" in err
+
+
+def test_a_write_failure_is_one_line_naming_the_folder(tmp_path, capsys, monkeypatch):
+    def full(args):
+        raise OSError(28, "No space left on device", str(tmp_path / "runs" / "last.pt"))
+
+    monkeypatch.setattr(cli, "cmd_train", full)
+    code = cli.main(["train", "--data-root", "d", "--category", "bottle", "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert "No space left on device" in err and "last.pt" in err and "run the same command again" in err
+
+
+def test_a_missing_data_folder_names_the_command_that_makes_it(tmp_path, capsys):
+    code = cli.main(["train", "--data-root", str(tmp_path / "nowhere"), "--category", "bottle",
+                     "--out", str(tmp_path / "runs")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "python -m colab_utils download" in err and "python -m colab_utils make-sample" in err

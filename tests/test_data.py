@@ -416,3 +416,39 @@ def test_copy_to_local(tiny_root, tmp_path):
     assert not [p for p in dst.rglob("*") if p.name.endswith(".tmp")]
     with pytest.raises(DataError, match="inside the source"):
         copy_to_local(tiny_root, tiny_root / "widget" / "copy", progress=False)
+
+
+def test_an_image_over_pillows_size_limit_says_so_and_how_to_lift_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from colab_utils.data import DataError, image_sizes, read_image
+
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels is over twice the limit: an error
+    with pytest.raises(DataError, match=r"larger than Pillow's safety limit .*MAX_IMAGE_PIXELS = None"):
+        read_image(path, 3)
+    with pytest.raises(DataError, match="safety limit"):
+        image_sizes([path])
+
+
+def test_a_fully_transparent_image_is_named_in_a_warning(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from colab_utils.data import read_image
+    from colab_utils.images import OddImageWarning
+
+    clear = tmp_path / "clear.png"
+    Image.fromarray(np.zeros((20, 20, 4), np.uint8)).save(clear)
+    with pytest.warns(OddImageWarning, match="clear.png is fully transparent"):
+        read_image(clear, 3)
+    half = tmp_path / "half.png"
+    arr = np.zeros((20, 20, 4), np.uint8)
+    arr[..., 3] = 128
+    Image.fromarray(arr).save(half)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OddImageWarning)
+        read_image(half, 3)  # only a fully transparent one is odd

@@ -66,6 +66,25 @@ def test_summary_table_has_mean_row(bottle_bank_run):
     assert "| mean |" in md.read_text()
 
 
+def test_a_runs_summary_holds_only_the_categories_it_was_asked_for(bottle_bank_run, tmp_path):
+    import shutil
+
+    from colab_utils.evaluate import summarize_runs
+
+    runs, _ = bottle_bank_run
+    folder = tmp_path / "runs"
+    for name in ("bottle", "sample"):  # an earlier run's results lie beside this run's
+        (folder / name).mkdir(parents=True)
+        shutil.copy(runs / "bottle" / "results.json", folder / name / "results.json")
+    data = json.loads((folder / "sample" / "results.json").read_text())
+    data["category"] = "sample"
+    (folder / "sample" / "results.json").write_text(json.dumps(data))
+    _, csv = summarize_runs(folder, ["bottle"])
+    assert [line.split(",")[0] for line in csv.read_text().strip().splitlines()[1:]] == ["bottle", "mean"]
+    _, csv = summarize_runs(folder)
+    assert [line.split(",")[0] for line in csv.read_text().strip().splitlines()[1:]] == ["bottle", "sample", "mean"]
+
+
 def test_command_line_train_and_evaluate_on_sample(sample_root, tmp_path, capsys):
     cfg = Config.for_category("sample", mode="unet", image_size=64, base_width=8, depth=3, skip_levels=1,
                               out_scales=(1, 2), loss_scale_weights=(1.0, 0.5), map_scale_weights=(1.0, 1.0),

@@ -369,3 +369,23 @@ def test_evaluate_refuses_a_run_of_another_category_unless_asked(tall_run, tmp_p
                 "--allow-other-category"]) == 0  # fmt: skip
     saved = json.loads((runs / "other" / "results.json").read_text())
     assert saved["category"] == "other" and saved["trained_category"] == "tall"
+
+
+def test_tiny_and_stretched_training_images_are_named_in_warnings():
+    from colab_utils.train import settle_geometry
+
+    cfg = Config(category="parts", geometry="resize", image_size=64)
+    sizes = {"a.png": (300, 300), "b.png": (320, 310), "icon.png": (1, 1), "banner.png": (900, 200)}
+    messages: list[str] = []
+    import colab_utils.train as train_module
+
+    real = train_module.image_sizes
+    train_module.image_sizes = lambda paths: [sizes[p] for p in paths]
+    try:
+        settle_geometry(cfg, list(sizes), messages.append)
+    finally:
+        train_module.image_sizes = real
+    tiny = [m for m in messages if "under 16 px" in m]
+    stretched = [m for m in messages if "aspect far from" in m]
+    assert len(tiny) == 1 and "icon.png (1x1 px)" in tiny[0] and "banner" not in tiny[0]
+    assert len(stretched) == 1 and "banner.png (900x200 px)" in stretched[0] and "a.png" not in stretched[0]

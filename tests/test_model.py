@@ -146,3 +146,17 @@ def test_unet_training_on_real_bottle_images_lowers_the_loss(mvtec_root):
     after = clean_loss()
     assert after < 0.5 * before, (before, after)
     assert time.perf_counter() - start < 20
+
+
+def test_a_grey_part_is_reconstructed_grey_and_a_colour_one_untouched():
+    from colab_utils.models.unet import grey_where_grey
+
+    torch.manual_seed(0)
+    grey = torch.rand(1, 1, 16, 16).expand(1, 3, 16, 16)
+    colour = torch.rand(1, 3, 16, 16)
+    outputs = {1: torch.rand(2, 3, 16, 16), 2: torch.rand(2, 3, 8, 8)}
+    out = grey_where_grey(torch.cat([grey, colour]), outputs)
+    for s in (1, 2):
+        assert torch.equal(out[s][0, 0], out[s][0, 1]) and torch.equal(out[s][0, 1], out[s][0, 2])
+        torch.testing.assert_close(out[s][0, 0], outputs[s][0].mean(0))
+        assert torch.equal(out[s][1], outputs[s][1])

@@ -63,6 +63,22 @@ def _check_products(executed, out: Path, category: str) -> None:
     rows = (run / "inspections" / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("path,score,threshold,margin,verdict") and len(rows) - 1 == results["n_images"]
     assert _images_in(executed["05_inspect_new_images"]) >= 1
+    _check_reads_as_finished(executed)
+
+
+def _check_reads_as_finished(executed) -> None:
+    """Saved notebooks show each progress bar's final line and no bare widget repr such as ``Output()``."""
+    bars = 0
+    for nb in executed.values():
+        for cell in nb.cells:
+            for o in cell.get("outputs", []) if cell.cell_type == "code" else []:
+                assert o.get("data", {}).get("text/plain", "").strip() not in ("Output()", "HBox(children=())")
+                if o.get("output_type") == "stream":
+                    for line in o["text"].splitlines():
+                        if "%|" in line:
+                            bars += 1
+                            assert "100%|" in line, line
+    assert bars >= 1
 
 
 def test_notebooks_on_builtin_sample(sample_root, offline_torch_home, tmp_path):
@@ -170,6 +186,9 @@ def test_demo_without_weights_falls_back_to_unet_in_two_lines(tmp_path, monkeypa
     assert config["mode"] == "unet"
     page = (tmp_path / "out" / "notebooks" / "04_heatmap_gallery.html").read_text()
     assert "data:image/png;base64," in page  # the gallery cell shows its static picture, not an empty cell
+    training = (tmp_path / "out" / "notebooks" / "02_training.html").read_text()
+    assert "Output()" not in training and "live loss curves" in training  # the live curves' static line
+    assert "train sample: 100%|" in training  # the saved progress bar shows where training ended
 
 
 def test_a_failing_notebook_is_reported_in_a_few_lines(tmp_path):

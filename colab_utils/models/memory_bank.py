@@ -67,7 +67,7 @@ def greedy_coreset(
     larger (Johnson-Lindenstrauss; 0 = no projection), which is what makes it fast: one matrix-vector product
     over the N projected points per selection. Runs on the device of ``features``.
     """
-    from tqdm.auto import tqdm
+    from ..env import progress_bar as tqdm
 
     n = features.shape[0]
     n_select = int(min(max(1, n_select), n))
