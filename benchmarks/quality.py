@@ -31,6 +31,7 @@ from colab_utils.anchors import ANCHORS
 from colab_utils.config import MODES, RESUMABLE_FIELDS, Config
 from colab_utils.env import get_device
 from colab_utils.evaluate import evaluate, load_results, write_summary
+from colab_utils.metrics import binomial_interval
 from colab_utils.models import get_family
 from colab_utils.train import BEST, calibrate_run, fit, load_data, load_trained
 
@@ -93,6 +94,9 @@ def run_category(args, category: str, seed: int | None, overrides: dict, out: Pa
         "seed": seed,
         **{k: ev.metrics[k] for k in COLUMNS},
         **{k: float(at.get(k, float("nan"))) for k in OPERATING},
+        "false_alarm_budget": float(at.get("false_alarm_budget", float("nan"))),
+        "good_flagged": int(at.get("good_flagged", 0)),
+        "good_count": int(at.get("good_count", 0)),
         "train_seconds": train_seconds,
         "epochs": epochs,
         "images_per_second": ev.timings["images_per_second"],
@@ -104,6 +108,9 @@ def _over_seeds(rows: list[dict]) -> dict:
     keys = (*COLUMNS, *OPERATING, "train_seconds", "images_per_second")
     out = {"category": rows[0]["category"], **{k: sum(r[k] for r in rows) / len(rows) for k in keys}}
     out["epochs"] = rows[0]["epochs"]
+    out["false_alarm_budget"] = rows[0]["false_alarm_budget"]
+    out["good_flagged"] = sum(r["good_flagged"] for r in rows)  # pooled over seeds
+    out["good_count"] = sum(r["good_count"] for r in rows)
     if len(rows) > 1:
         out["seeds"] = [r["seed"] for r in rows]
         out["range"] = {k: [min(r[k] for r in rows), max(r[k] for r in rows)] for k in (*COLUMNS, *OPERATING)}
@@ -159,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     mean = {"category": "mean"}
     for key in (*COLUMNS, *OPERATING, "train_seconds", "images_per_second"):
         mean[key] = sum(r[key] for r in rows) / len(rows)
+    mean["false_alarm_budget"] = rows[0]["false_alarm_budget"]
+    mean["good_flagged"] = sum(r["good_flagged"] for r in rows)
+    mean["good_count"] = sum(r["good_count"] for r in rows)
     if args.seeds:  # the mean over categories of each seed, and its range over seeds
         by_seed = [[r for r in per_seed if r["seed"] == s] for s in seeds]
         mean["range"] = {k: [min(sum(r[k] for r in rs) / len(rs) for rs in by_seed),
@@ -189,11 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     for r in [*rows, mean]:
         cells = [_cell(r, k) for k in COLUMNS]
         print(f"| {r['category']} | " + " | ".join(cells) + f" | {r['train_seconds']:.0f} | {r['images_per_second']:.1f} |")
-    print("\nAt the default thresholds (from good training images only):\n")
-    print("| category | good flagged | defect recall | mask F1 | mask IoU |")
-    print("|---|---|---|---|---|")
+    print("\nAt the default thresholds (from good training images only); flagged / good and its exact 95 % interval"
+          + (" pooled over seeds" if args.seeds else "") + ":\n")
+    print("| category | budget | good flagged | flagged / good (95% interval) | defect recall | mask F1 | pixel F1-max | mask IoU |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in [*rows, mean]:
-        print(f"| {r['category']} | " + " | ".join(_cell(r, k) for k in OPERATING) + " |")
+        low, high = binomial_interval(r["good_flagged"], r["good_count"])
+        print(f"| {r['category']} | {100 * r['false_alarm_budget']:.0f} | {_cell(r, 'good_flagged_rate')} | "
+              f"{r['good_flagged']} / {r['good_count']} ({100 * low:.1f}–{100 * high:.1f}) | {_cell(r, 'defect_recall')} | "
+              f"{_cell(r, 'mask_f1')} | {_cell(r, 'pixel_f1_max')} | {_cell(r, 'mask_iou')} |")  # fmt: skip
     anchors = {name: [v[c] for c in args.categories if c in v] for name, v in ANCHORS.items()}
     print("\nPublished (image / pixel AUROC %, same categories):")
     for name, values in anchors.items():

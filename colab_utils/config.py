@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .geometry import GEOMETRIES, tile_grid
-from .models import FAMILIES, PROFILE_NAMES, RETIRED_FAMILIES, RETIRED_FIELDS, get_family
+from .models import FAMILIES, FLAT_FORMAT_FIELDS, PROFILE_NAMES, RETIRED_FAMILIES, RETIRED_FIELDS, get_family
 from .settings import ConfigError, Settings
 
 __all__ = ["Config", "ConfigError", "MODES", "PROFILES", "MVTEC_CATEGORIES", "CATEGORY_AUGMENT", "AUGMENTATIONS"]
@@ -66,7 +66,7 @@ CATEGORY_AUGMENT: dict[str, tuple[str, ...]] = {
 #: score). Everything else must match for ``fit`` to resume.
 RESUMABLE_FIELDS = frozenset({
     "epochs", "max_minutes", "checkpoint_every_epochs", "checkpoint_every_minutes", "smooth_sigma", "image_score",
-    "image_score_norm", "map_norm", "topk_fraction", "threshold_percentile", "normalize_maps", "amp",
+    "image_score_norm", "map_norm", "topk_fraction", "threshold_percentile", "mask_pixel_rate", "normalize_maps", "amp",
 })  # fmt: skip
 
 
@@ -122,6 +122,7 @@ class Config:
     image_score_norm: str = "auto"  # image score from maps standardised "position"-wise or "global"ly; "auto" = the family's choice
     topk_fraction: float = 0.01  # share of pixels averaged by "topk_mean"
     threshold_percentile: float | None = None  # of good calibration scores, the default threshold; None: the family's
+    mask_pixel_rate: float = 0.0  # mask threshold: this share of good calibration pixels above it; 0 = the percentile of good images' map maxima
 
     # --- the family's own settings (a dataclass of its module) ------------------
     model: Settings | None = None  # None = the family's defaults
@@ -157,7 +158,7 @@ class Config:
             if not isinstance(getattr(self, name), numbers.Integral) or isinstance(getattr(self, name), bool):
                 bad(name, "must be a whole number")
         for name in ("lr", "smooth_sigma", "max_minutes", "checkpoint_every_minutes", "grad_clip", "weight_decay",
-                     "tile_overlap", "val_fraction", "topk_fraction", "threshold_percentile"):  # fmt: skip
+                     "tile_overlap", "val_fraction", "topk_fraction", "threshold_percentile", "mask_pixel_rate"):  # fmt: skip
             if not isinstance(getattr(self, name), numbers.Real) or isinstance(getattr(self, name), bool):
                 bad(name, "must be a number")
         if self.channels not in (1, 3):
@@ -186,6 +187,8 @@ class Config:
             bad("topk_fraction", "must lie in (0, 1]")
         if not 50.0 <= self.threshold_percentile <= 100.0:
             bad("threshold_percentile", "must lie in [50, 100]")
+        if not 0.0 <= self.mask_pixel_rate < 0.5:
+            bad("mask_pixel_rate", "must lie in [0, 0.5); 0 keeps the percentile of good images' map maxima")
         for name in ("epochs", "batch_size", "checkpoint_every_epochs"):
             if getattr(self, name) < 1:
                 bad(name, "must be at least 1")
@@ -347,7 +350,7 @@ def _family_settings(mode: str, model: Any, own: dict[str, Any]) -> Settings:
 
 def _is_legacy(data: dict[str, Any]) -> bool:
     """A flat config as saved before the families owned their settings: it held every family's fields."""
-    return all(f.settings.names() <= set(data) for f in FAMILIES.values())
+    return FLAT_FORMAT_FIELDS <= set(data)
 
 
 def _from_legacy(data: dict[str, Any]) -> dict[str, Any]:

@@ -99,10 +99,15 @@ def operating_points(
     maps: np.ndarray,
     image_threshold: float,
     pixel_threshold: float,
+    false_alarm_budget: float = float("nan"),
 ) -> dict[str, float]:
     """What the default thresholds (set from good images only) do on a labelled test set, as fractions in [0, 1].
 
-    ``good_flagged_rate``: share of good images scored ``>= image_threshold`` (the false-positive rate);
+    ``good_flagged_rate``: share of good images scored ``>= image_threshold`` (the false-positive rate), with
+    its count (``good_flagged`` of ``good_count``) and exact 95 % interval (``good_flagged_ci_low``,
+    ``good_flagged_ci_high``), beside ``false_alarm_budget``, the share the calibration allowed
+    (``1 - threshold_percentile / 100``); ``budget_kept`` is 1 when the count is consistent with the budget (its
+    interval reaches down to it or below), 0 when the rate is significantly above it;
     ``defect_recall``: share of defective images flagged; ``mask_f1`` and ``mask_iou``: of the predicted mask
     ``maps >= pixel_threshold`` against ``masks`` (N,H,W) over all pixels (NaN without masks). NaN where a class
     is absent.
@@ -112,9 +117,16 @@ def operating_points(
     nan = float("nan")
     image = M.binary_confusion(labels, scores, image_threshold)
     good = image["fp"] + image["tn"]
+    low, high = M.binomial_interval(image["fp"], good)
     out = {
         "image_threshold": float(image_threshold),
+        "false_alarm_budget": float(false_alarm_budget),
         "good_flagged_rate": image["fp"] / good if good else nan,
+        "good_flagged": image["fp"],
+        "good_count": good,
+        "good_flagged_ci_low": low,
+        "good_flagged_ci_high": high,
+        "budget_kept": float(low <= false_alarm_budget) if good and false_alarm_budget == false_alarm_budget else nan,
         "defect_recall": image["recall"],
         "pixel_threshold": float(pixel_threshold),
         "mask_f1": nan,
@@ -219,8 +231,10 @@ def _result(trained: Any, category: str, test_set: Any, pred: dict[str, Any], in
     metrics, thresholds = compute_metrics(labels, pred["scores"], used_masks, pred["maps"], list(test_set.defect_types))
     metrics_s = time.perf_counter() - start
     thresholds.update(image_default=trained.image_threshold, pixel_default=trained.pixel_threshold)
+    budget = 1.0 - trained.config.threshold_percentile / 100.0
     metrics["at_default_thresholds"] = operating_points(
-        labels, pred["scores"], used_masks, pred["maps"], thresholds["image_default"], thresholds["pixel_default"]
+        labels, pred["scores"], used_masks, pred["maps"], thresholds["image_default"], thresholds["pixel_default"],
+        budget,
     )
     return EvalResult(
         category=category,

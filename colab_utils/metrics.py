@@ -46,6 +46,7 @@ from .regions import region_ids
 __all__ = [
     "au_pro",
     "binary_confusion",
+    "binomial_interval",
     "f1_max",
     "image_auroc",
     "label_8_connected_regions",
@@ -345,6 +346,17 @@ def per_defect_image_auroc(labels: Any, scores: Any, defect_types: Sequence[str]
 
 
 per_defect_auroc = per_defect_image_auroc  # the name used in ARCHITECTURE.md
+
+
+def binomial_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a rate from ``k`` events in ``n`` trials, e.g. good images flagged out
+    of good images tested: (low, high) in [0, 1]; (nan, nan) for ``n = 0``. scipy's ``binomtest``."""
+    if n <= 0:
+        return NAN, NAN
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def threshold_from_good(scores_good: Any, percentile: float = 99.0) -> float:

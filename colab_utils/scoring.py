@@ -224,6 +224,16 @@ def predict(
     }
 
 
+#: Shares of good calibration pixels above a threshold that calibration records the threshold of (for reports).
+GOOD_PIXEL_RATES = (0.001, 0.003, 0.01, 0.03)
+
+
+def good_pixel_quantiles(maps: Tensor) -> dict[str, float]:
+    """{rate: the value that ``rate`` of the pixels of ``maps`` (N, 1, H, W), normalised good maps, lie above}."""
+    values = maps.numpy().ravel()
+    return {f"{r:g}": float(v) for r, v in zip(GOOD_PIXEL_RATES, np.quantile(values, [1 - r for r in GOOD_PIXEL_RATES]))}
+
+
 def calibrate(
     model: nn.Module,
     good_images_uint8: Tensor,
@@ -268,11 +278,20 @@ def calibrate(
     else:
         scores = image_scores(maps, config).numpy()
     maxima = maps.flatten(1).max(1).values.numpy()
+    quantiles = good_pixel_quantiles(maps)
+    if config.mask_pixel_rate > 0:
+        pixel_threshold = float(np.quantile(maps.numpy(), 1.0 - config.mask_pixel_rate))
+    else:
+        pixel_threshold = float(np.percentile(maxima, config.threshold_percentile))
     return {
         "normalizer": normalizer.to_dict(),
         "position": position.to_dict() if position is not None else None,
         "image_threshold": float(np.percentile(scores, config.threshold_percentile)),
-        "pixel_threshold": float(np.percentile(maxima, config.threshold_percentile)),
+        "pixel_threshold": pixel_threshold,
+        "pixel_threshold_rule": (f"{100 * config.mask_pixel_rate:g} % of good pixels above it"
+                                 if config.mask_pixel_rate > 0 else
+                                 f"{config.threshold_percentile:g}th percentile of good images' map maxima"),
+        "good_pixel_quantiles": quantiles,
         "good_scores": [float(x) for x in scores],
         "source": "leave_one_out" if leave_one_out else "held_out",
     }

@@ -359,20 +359,35 @@ def inspect_all(
     return reports
 
 
+def _mask_rule(config: dict[str, Any]) -> str:
+    """How the mask threshold was set, from a saved config: a share of good pixels, or the maxima percentile."""
+    rate = float(config.get("mask_pixel_rate") or 0.0)
+    if rate > 0:
+        return f"{100 * rate:g} % of good pixels above"
+    return f"p{float(config.get('threshold_percentile') or 99):g} of good maxima"
+
+
 def operating_rows(evals: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per category: what the default thresholds (from good images only) do on its labelled test set,
-    in %: good images flagged (false-positive rate), defect recall, predicted-mask F1 and IoU, beside the
-    pixel F1-max (the best any single pixel threshold reaches on the test set)."""
+    in %: the false-alarm budget the calibration allowed, good images flagged (count, and the exact 95 % interval
+    of that rate), defect recall, predicted-mask F1 and IoU, beside the pixel F1-max (the best any single pixel
+    threshold reaches on the test set)."""
     rows = []
+    keys = ("false_alarm_budget", "good_flagged_rate", "good_flagged_ci_low", "good_flagged_ci_high", "defect_recall",
+            "mask_f1", "mask_iou")  # fmt: skip
     for category, result in evals.items():
         op = result.metrics.get("at_default_thresholds", {})
-        pct = {k: 100.0 * float(op.get(k, float("nan"))) for k in ("good_flagged_rate", "defect_recall", "mask_f1", "mask_iou")}
+        pct = {k: 100.0 * float(op.get(k, float("nan"))) for k in keys}
         rows.append({
             "category": category,
             "image threshold": float(result.thresholds["image_default"]),
+            "budget %": pct["false_alarm_budget"],
             "good flagged %": pct["good_flagged_rate"],
+            "flagged / good": f"{int(op.get('good_flagged', 0))} / {int(op.get('good_count', 0))}",
+            "95% interval %": f"{pct['good_flagged_ci_low']:.1f}-{pct['good_flagged_ci_high']:.1f}",
             "defect recall %": pct["defect_recall"],
             "pixel threshold": float(result.thresholds["pixel_default"]),
+            "set by": _mask_rule(result.config),
             "mask F1 %": pct["mask_f1"],
             "mask IoU %": pct["mask_iou"],
             "pixel F1-max %": 100.0 * float(result.metrics.get("pixel_f1_max", float("nan"))),

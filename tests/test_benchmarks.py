@@ -65,6 +65,19 @@ def test_quality_script_reports_the_mean_and_range_over_seeds(sample_root, tmp_p
     printed = capsys.readouterr().out
     assert "mean over seeds 0 1 (range)" in printed and f"| sample | {100 * row['image_auroc']:.1f} (" in printed
     assert "good flagged" in printed
+    # the budget beside the count pooled over seeds, with its exact interval
+    assert row["good_count"] == by_seed[0]["good_count"] + by_seed[1]["good_count"] > 0
+    assert f"| {row['good_flagged']} / {row['good_count']} (" in printed and "| 5 |" in printed
+
+    # the mask rules of section 12 on the same runs: one row per category, every rule's F1 and the F1-max
+    monkeypatch.setattr(sys, "argv", ["mask_rule.py", "--data-root", str(sample_root), "--runs",
+                                      str(out / "seed-0"), "--categories", "sample"])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path("benchmarks/mask_rule.py", run_name="__main__")
+    assert exit_info.value.code == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[-3].startswith("| category | maxima rule | 0.1 % | 0.3 % | 1 % | 3 % | pixel F1-max")
+    assert table[-1].startswith("| sample | ") and len(table[-1].split("|")) == 9
 
 
 def test_quality_script_rescores_a_memory_bank_leave_one_out(sample_root, tmp_path, monkeypatch):

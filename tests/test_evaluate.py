@@ -170,3 +170,33 @@ def test_operating_points_on_a_hand_worked_case():
     assert out["mask_f1"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1)) and out["mask_iou"] == pytest.approx(1 / 3)
     no_masks = operating_points(labels, scores, None, maps, 0.5, 1.0)
     assert np.isnan(no_masks["mask_f1"]) and np.isnan(no_masks["mask_iou"])
+    # the false-alarm budget beside the count and its exact interval: 1 of 4 is consistent with a 5 % budget
+    budgeted = operating_points(labels, scores, masks, maps, 0.5, 1.0, false_alarm_budget=0.05)
+    assert (budgeted["good_flagged"], budgeted["good_count"], budgeted["false_alarm_budget"]) == (1, 4, 0.05)
+    assert budgeted["good_flagged_ci_low"] == pytest.approx(1 - 0.975 ** 0.25, abs=1e-3)
+    assert budgeted["good_flagged_ci_low"] < 0.05
+    assert budgeted["budget_kept"] == 1.0
+
+
+def test_binomial_interval_matches_its_closed_forms():
+    from colab_utils.metrics import binomial_interval
+
+    assert binomial_interval(0, 20) == pytest.approx((0.0, 1 - 0.025 ** (1 / 20)))  # none flagged of 20
+    assert binomial_interval(20, 20) == pytest.approx((0.025 ** (1 / 20), 1.0))
+    low, high = binomial_interval(5, 100)
+    assert low < 0.05 < high and high - low < 0.1
+    assert all(np.isnan(v) for v in binomial_interval(0, 0))
+
+
+def test_a_percentile_calibration_keeps_its_budget_on_good_images_of_the_same_distribution():
+    """Hand-built good scores: a threshold at the 95th percentile of 2,000 calibration scores flags about 5 % of
+    10,000 fresh ones, inside the exact interval of that count, for three score distributions."""
+    from colab_utils.metrics import binomial_interval, threshold_from_good
+
+    rng = np.random.default_rng(0)
+    for draw in (lambda n: rng.normal(0, 1, n), lambda n: rng.lognormal(0, 1, n), lambda n: rng.gamma(2.0, 1.0, n)):
+        threshold = threshold_from_good(draw(2000), 95.0)
+        fresh = draw(10000)
+        flagged = int((fresh >= threshold).sum())
+        low, high = binomial_interval(flagged, len(fresh))
+        assert 0.04 < flagged / len(fresh) < 0.06 and low <= 0.05 + 0.01 and high >= 0.05 - 0.01

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from colab_utils import checkpoint as ckpt
-from colab_utils.config import Config
+from colab_utils.config import Config, ConfigError
 from colab_utils.evaluate import evaluate
 from colab_utils.models import FAMILIES, build_model, get_family, greedy_coreset
 from colab_utils.models.memory_bank import faiss_available, nearest_faiss, nearest_torch
@@ -217,3 +217,15 @@ def test_memory_bank_detects_real_bottle_defects(mvtec_root, offline_torch_home,
     ev = evaluate(tmp_path / "bottle", mvtec_root, progress=False)
     assert ev.metrics["image_auroc"] >= 0.97, ev.metrics
     assert ev.metrics["pixel_auroc"] >= 0.95, ev.metrics
+
+
+def test_a_mean_start_and_exact_distances_make_the_coreset_independent_of_the_seed():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(400, 16, generator=gen)
+    nearest_mean = int(torch.argmin(((x - x.mean(0)) ** 2).sum(1)))
+    a = greedy_coreset(x, 20, projection_dim=0, seed=0, start="mean")
+    b = greedy_coreset(x, 20, projection_dim=0, seed=7, start="mean")
+    assert a[0] == nearest_mean and a.tolist() == b.tolist()
+    assert greedy_coreset(x, 20, projection_dim=0, seed=0).tolist() != greedy_coreset(x, 20, projection_dim=0, seed=7).tolist()
+    with pytest.raises(ConfigError, match="coreset_start"):
+        Config(coreset_start="first")

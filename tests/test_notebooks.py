@@ -59,6 +59,7 @@ def _check_products(executed, out: Path, category: str) -> None:
     text = "".join(str(o.get("data", {}).get("text/markdown", "")) for c in executed["03_evaluation"].cells
                    for o in c.get("outputs", []))  # fmt: skip
     assert "good flagged %" in text and "defect recall %" in text and "mask F1 %" in text
+    assert "budget %" in text and "95% interval %" in text and "flagged / good" in text and "set by" in text
     # 05 inspected the category's test images with the run: one CSV row per image, overlays shown
     rows = (run / "inspections" / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("path,score,threshold,margin,verdict") and len(rows) - 1 == results["n_images"]

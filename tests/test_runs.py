@@ -59,3 +59,18 @@ def test_missing_or_unfinished_runs_say_how_to_fix(tmp_path):
     shutil.copy(OLD_RUNS / "unet" / BEST, tmp_path / "run" / "last.pt")
     with pytest.raises(FileNotFoundError, match="did not finish"):
         TrainedRun.load(tmp_path / "run")
+
+
+def test_test_labels_cannot_reach_the_default_thresholds(sample_root):
+    """The same run evaluated on the same images with labels and masks scrambled reports the same thresholds."""
+    import dataclasses
+
+    from colab_utils.evaluate import evaluate
+
+    test = load_split(sample_root, "sample", "test", 64, 3)
+    scrambled = dataclasses.replace(test, labels=1 - test.labels, masks=test.masks.flip(-1))
+    a = evaluate(OLD_RUNS / "memory_bank", test_set=test, progress=False)
+    b = evaluate(OLD_RUNS / "memory_bank", test_set=scrambled, progress=False)
+    for key in ("image_default", "pixel_default"):
+        assert a.thresholds[key] == b.thresholds[key]
+    assert a.metrics["image_auroc"] != b.metrics["image_auroc"]  # the labels did change what was measured

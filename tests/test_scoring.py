@@ -110,3 +110,24 @@ def test_anomaly_maps_of_memory_bank_have_image_size():
     maps, recon = out.maps, out.recon
     assert maps.shape == (2, 1, 64, 64) and recon is None and bool((maps >= 0).all())
 
+
+
+def test_the_mask_threshold_is_a_quantile_of_good_pixels():
+    """``mask_pixel_rate``: that share of the calibration images' normalised pixels lies above the mask threshold;
+    0 keeps the percentile of their map maxima. Calibration sees good images only: it has no labels to reach."""
+    import inspect
+
+    torch.manual_seed(0)
+    good = (torch.rand(12, 3, 64, 64) * 255).to(torch.uint8)
+    cfg = Config(**UNET, mask_pixel_rate=0.01)
+    model = build_model(cfg).eval()
+    cal = calibrate(model, good, cfg, "cpu", batch_size=4)
+    pred = predict(model, good, cfg, "cpu", MapNormalizer.from_dict(cal["normalizer"]),
+                   position=PositionStats.from_calibration(cal))  # fmt: skip
+    above = float((pred["maps"] >= cal["pixel_threshold"]).mean())
+    assert above == pytest.approx(0.01, abs=0.002) and "1 % of good pixels" in cal["pixel_threshold_rule"]
+    assert cal["good_pixel_quantiles"]["0.01"] == pytest.approx(cal["pixel_threshold"])
+    old = calibrate(model, good, cfg.replace(mask_pixel_rate=0.0), "cpu", batch_size=4)
+    assert old["pixel_threshold"] == pytest.approx(np.percentile(pred["maps"].reshape(12, -1).max(1), 99.0), rel=1e-4)
+    assert old["pixel_threshold"] > cal["pixel_threshold"]  # the maxima rule sits far above 1 % of good pixels
+    assert not {"labels", "masks"} & set(inspect.signature(calibrate).parameters)

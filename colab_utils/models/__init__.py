@@ -15,12 +15,22 @@ from __future__ import annotations
 from torch import nn
 
 from . import memory_bank, unet  # noqa: F401 - importing registers the families
-from .base import FAMILIES, PROFILE_NAMES, RETIRED_FAMILIES, RETIRED_FIELDS, Family, MapOutput, get_family, register
+from .base import (
+    FAMILIES,
+    FLAT_FORMAT_FIELDS,
+    PROFILE_NAMES,
+    RETIRED_FAMILIES,
+    RETIRED_FIELDS,
+    Family,
+    MapOutput,
+    get_family,
+    register,
+)
 from .memory_bank import MemoryBankModel, greedy_coreset
 from .unet import UNetAutoencoder
 
 __all__ = [
-    "FAMILIES", "PROFILE_NAMES", "RETIRED_FAMILIES", "RETIRED_FIELDS", "Family", "MapOutput", "MemoryBankModel", "UNetAutoencoder",
+    "FAMILIES", "FLAT_FORMAT_FIELDS", "PROFILE_NAMES", "RETIRED_FAMILIES", "RETIRED_FIELDS", "Family", "MapOutput", "MemoryBankModel", "UNetAutoencoder",
     "build_model", "count_parameters", "get_family", "greedy_coreset", "register",
 ]  # fmt: skip
 

@@ -52,6 +52,13 @@ RETIRED_FAMILIES = {
         "mode='memory_bank' (the default), or retrain with it"
     ),
 }
+#: The family fields every config of the old flat format held side by side (whatever its mode): a dict without
+#: ``"model"`` that holds them all is such a config (fields added since are not required).
+FLAT_FORMAT_FIELDS = frozenset({
+    "base_width", "depth", "skip_levels", "out_scales", "loss_mse_weight", "loss_ssim_weight", "corruption_prob",
+    "map_l2_weight", "map_scale_weights", "bank_layers", "bank_stride", "coreset_ratio", "coreset_projection",
+    "bank_search", "feature_latent", "discriminative_head",
+})  # fmt: skip
 #: The retired families' own fields, which the old flat configs held for every mode: dropped when one loads.
 RETIRED_FIELDS = frozenset({"feature_latent", "feature_pool", "feature_downsample", "feature_cosine_weight"})
 

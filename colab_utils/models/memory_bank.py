@@ -57,13 +57,13 @@ def greedy_coreset(
     projection_dim: int = 64,
     seed: int = 0,
     progress: bool = False,
-    start: int | None = None,
+    start: int | str | None = None,
 ) -> Tensor:
     """Greedy k-center (farthest-point) subsampling, as in PatchCore.
 
     features: (N, D) float. Returns int64 indices (n_select,) into ``features``, in the order chosen: each next
     index is the point farthest (L2) from all chosen so far. ``start`` is the first one (default: a seeded random
-    point). Distances are computed on a Gaussian random projection to ``projection_dim`` dimensions when D is
+    point; ``"mean"``: the point nearest the mean, which depends on the data alone). Distances are computed on a Gaussian random projection to ``projection_dim`` dimensions when D is
     larger (Johnson-Lindenstrauss; 0 = no projection), which is what makes it fast: one matrix-vector product
     over the N projected points per selection. Runs on the device of ``features``.
     """
@@ -78,7 +78,10 @@ def greedy_coreset(
         x = x @ proj.to(x.device)
     x = x.contiguous()
     norms = _sq_norms(x)
-    last = int(torch.randint(n, (1,), generator=gen)) if start is None else int(start)
+    if start == "mean":
+        last = int(torch.argmin(((x - x.mean(0)) ** 2).sum(1)))
+    else:
+        last = int(torch.randint(n, (1,), generator=gen)) if start is None else int(start)
     chosen = torch.empty(n_select, dtype=torch.long)
     chosen[0] = last
     min_d = torch.full((n,), math.inf, device=x.device)
@@ -99,6 +102,7 @@ def chunked_coreset(
     seed: int = 0,
     progress: bool = False,
     oversample: int = 4,
+    start: str | None = None,
 ) -> Tensor:
     """A composable greedy k-center coreset: :func:`greedy_coreset` of each consecutive block of ``chunk`` rows,
     ``oversample`` times the block's share, then :func:`greedy_coreset` of their union down to
@@ -113,19 +117,19 @@ def chunked_coreset(
     n = features.shape[0]
     n_select = max(1, round(ratio * n))
     if chunk <= 0 or chunk >= n:
-        return greedy_coreset(features, n_select, projection_dim, seed, progress)
+        return greedy_coreset(features, n_select, projection_dim, seed, progress, start)
     blocks = -(-n // chunk)
     size = -(-n // blocks)  # equal blocks, so none is a sliver
     union = []
-    for b, start in enumerate(range(0, n, size)):
-        block = features[start : start + size]
+    for b, first in enumerate(range(0, n, size)):
+        block = features[first : first + size]
         picked = greedy_coreset(block, min(len(block), oversample * max(1, round(ratio * len(block)))),
-                                projection_dim, seed + 1 + b, False)  # fmt: skip
-        union.append(picked + start)
+                                projection_dim, seed + 1 + b, False, start)  # fmt: skip
+        union.append(picked + first)
     union = torch.cat(union)
     if len(union) <= n_select:
         return union
-    final = greedy_coreset(features[union.to(features.device)], n_select, projection_dim, seed, progress)
+    final = greedy_coreset(features[union.to(features.device)], n_select, projection_dim, seed, progress, start)
     return union[final.cpu()]
 
 
@@ -343,6 +347,7 @@ class MemoryBankSettings(Settings):
     coreset_ratio: float = 0.01  # share of training patches kept by the greedy k-center coreset (1 = all)
     coreset_projection: int = 64  # random-projection dimension the coreset distances are computed in (0 = none)
     coreset_chunk: int = 0  # composable coreset over blocks of this many patches (faster, measured less accurate); 0 = one pass
+    coreset_start: str = "random"  # the coreset's first patch: "random" (seeded, PatchCore's) or "mean" (nearest the mean)
     bank_reweight_neighbors: int = 0  # PatchCore's image-score re-weighting over this many bank neighbours; 0 = off (measured better)
     bank_search: str = "auto"  # nearest-neighbour search: "auto" (= torch), "torch" or "faiss" (faiss-cpu)
 
@@ -353,6 +358,8 @@ class MemoryBankSettings(Settings):
             self.bad("bank_neighbourhood", "must be 0 or 1 (off) or an odd window such as 3")
         if self.bank_stride not in (4, 8, 16):
             self.bad("bank_stride", "must be 4, 8 or 16")
+        if self.coreset_start not in ("random", "mean"):
+            self.bad("coreset_start", "must be 'random' or 'mean'")
         if self.bank_search not in SEARCH_BACKENDS:
             self.bad("bank_search", f"must be one of {SEARCH_BACKENDS}")
         for name in ("coreset_projection", "bank_reweight_neighbors", "coreset_chunk"):
@@ -426,7 +433,7 @@ class MemoryBankFamily(Family):
         else:
             log(f"{config.category}: coreset of {n_select:,} from {patches.shape[0]:,} patches")
             chosen = chunked_coreset(patches, s.coreset_ratio, s.coreset_chunk, s.coreset_projection, config.seed,
-                                     progress)  # fmt: skip
+                                     progress, start=None if s.coreset_start == "random" else s.coreset_start)  # fmt: skip
         per_image = patches.shape[0] // len(train_set)
         model.set_bank(patches[chosen.to(patches.device)], (chosen // per_image).to(torch.int32))
         # calibration scores these same images leave-one-out next: keep their features for it (up to 2 GB)
