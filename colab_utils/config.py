@@ -231,6 +231,9 @@ class Config:
             if profile not in family.profiles:
                 raise ConfigError(f"the {family.name!r} family declares no {profile!r} profile; add it to its module")
             values.update(family.profiles[profile])
+        model = overrides.pop("model", None)  # a family's settings given whole (a saved config) win over the profile
+        if model is not None:
+            values.update(asdict(model) if isinstance(model, Settings) else dict(model))
         values.update(overrides)
         values["category"] = category
         cfg = cls(**values)

@@ -189,3 +189,11 @@ def test_retired_family_and_option_are_refused_with_the_reason():
         Config.from_dict(_old_flat("unet", discriminative_head=True))
     with pytest.raises(ConfigError, match="discriminative head.*retired"):
         Config(mode="unet", discriminative_head=True)
+
+
+def test_a_saved_configs_family_settings_win_over_the_profile(tmp_path):
+    saved = Config(mode="unet", base_width=4, depth=3).to_dict()  # as --config FILE gives them: nested
+    saved.pop("category")
+    cfg = Config.for_category("bottle", profile="cpu", **saved)
+    assert cfg.model.base_width == 4 and cfg.model.depth == 3  # the cpu profile would set base_width 16
+    assert Config.for_category("bottle", profile="cpu", mode="unet").model.base_width == 16
