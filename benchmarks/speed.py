@@ -6,6 +6,12 @@
 coreset, calibration), peak memory, batched inference throughput with torch and faiss search, onnxruntime on the
 exported graph, and ``predict`` throughput on the test files (read from disk, overlays written).
 
+``--scaling`` instead fits the memory bank, as whole ``train`` processes (loading, features, coreset,
+calibration, checkpoints; default threads), on 200, 800 and 3,200 good images made from screw's 320 with
+label-preserving flips, rotations by 90 degrees and a brightness change, and prints fit seconds and peak memory
+(the process's maximum resident set) at each size with the ratio fit(3,200) / fit(800), then screw's image AUROC
+trained and evaluated at its own 320 images (``--sizes`` changes the sizes).
+
 Measures, for every mode at 256 px with the default config: inference latency at
 batch 1 and throughput at batch 16; training throughput (images/s) of the
 default U-Net at 128 and 256 px; the time of one
@@ -20,7 +26,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -177,6 +185,87 @@ def onnx_rows(run_dir: str, batch: np.ndarray, torch_rate: float) -> list[tuple[
              f"{rate:.1f} images/s (torch: {torch_rate:.1f})")]  # fmt: skip
 
 
+def _scaled_screw(data_root: str, n: int, folder: Path) -> Path:
+    """A category folder of ``n`` good training images made from screw's: its 320, then their 7 other flips and
+    quarter turns, then brightness x0.9 and x1.1 of the originals (label-preserving for screw; CATEGORY_AUGMENT).
+    Two test images so the folder has the official layout."""
+    import numpy as np
+    from PIL import Image
+
+    sources = sorted((Path(data_root) / "screw" / "train" / "good").glob("*.png"))
+    originals = [np.asarray(Image.open(f)) for f in sources]
+    variants = [lambda a: a, *[lambda a, k=k: np.rot90(a, k) for k in (1, 2, 3)], np.fliplr, np.flipud,
+                lambda a: np.rot90(np.fliplr(a)), lambda a: np.rot90(np.flipud(a)),
+                lambda a: np.clip(a * 0.9, 0, 255).astype(np.uint8), lambda a: np.clip(a * 1.1, 0, 255).astype(np.uint8)]  # fmt: skip
+    good = folder / "screw_scaled" / "train" / "good"
+    good.mkdir(parents=True)
+    count = 0
+    for make in variants:
+        for array in originals:
+            if count == n:
+                break
+            Image.fromarray(np.ascontiguousarray(make(array))).save(good / f"{count:05d}.png", compress_level=1)
+            count += 1
+    test = folder / "screw_scaled" / "test" / "good"
+    test.mkdir(parents=True)
+    for f in sources[:2]:
+        Image.open(f).save(test / f.name)
+    return folder
+
+
+def _timed_command(args: list[str]) -> tuple[float, float]:
+    """(seconds, peak resident MB) of ``python -m colab_utils ARGS`` run as its own process."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as log:  # progress bars and messages, shown only when the command fails
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "colab_utils", *args], stdout=log, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            log.seek(0)
+            raise SystemExit(f"python -m colab_utils {' '.join(args)} failed ({proc.returncode}):\n{log.read()[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def scaling_rows(data_root: str, sizes: list[int], quality: bool = True) -> list[tuple[str, str]]:
+    """Whole ``train`` processes of the memory bank (cpu profile) on growing sets of screw-made good images, and
+    (``quality``) screw's image AUROC at its own 320."""
+    import json
+    import tempfile
+
+    rows, seconds = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            data = _scaled_screw(data_root, n, Path(tmp) / f"data{n}")
+            runs = Path(tmp) / f"runs{n}"
+            secs, peak = _timed_command(["train", "--data-root", str(data), "--category", "screw_scaled", "--out",
+                                         str(runs), "--mode", "memory_bank", "--profile", "cpu", "--device", "cpu"])  # fmt: skip
+            info = json.loads((runs / "screw_scaled" / "config.json").read_text())
+            fit_info = torch.load(runs / "screw_scaled" / "best.pt", weights_only=False)["fit_info"]
+            seconds[n] = secs
+            rows.append((f"fit {n:,} images ({fit_info['patches_seen']:,} patches, {fit_info['coreset_candidates']:,} "
+                         f"coreset candidates, bank {fit_info['bank_size']:,}, features {fit_info['feature_dtype']}; "
+                         f"{info['mode']})", f"{secs:.0f} s, peak {peak:,.0f} MB"))  # fmt: skip
+            shutil.rmtree(data, ignore_errors=True)
+        if len(sizes) > 1:
+            big, mid = sizes[-1], sizes[-2]
+            rows.append((f"fit({big:,}) / fit({mid:,})", f"{seconds[big] / seconds[mid]:.2f}"))
+        if not quality:
+            return rows
+        runs = Path(tmp) / "screw320"
+        _timed_command(["train", "--data-root", data_root, "--category", "screw", "--out", str(runs), "--mode",
+                        "memory_bank", "--profile", "cpu", "--device", "cpu"])  # fmt: skip
+        _timed_command(["evaluate", "--data-root", data_root, "--category", "screw", "--out", str(runs),
+                        "--device", "cpu", "--profile", "cpu"])  # fmt: skip
+        auroc = json.loads((runs / "screw" / "results.json").read_text())["image_auroc"]
+        rows.append(("screw image AUROC at its 320 images (seed 0)", f"{100 * auroc:.1f}"))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default=os.environ.get("MVTEC_ROOT"))
@@ -185,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=8)
     p.add_argument("--memory-bank", metavar="CATEGORY", default=None,
                    help="only fit the memory bank on CATEGORY (needs --data-root) and time it (own peak memory)")
+    p.add_argument("--scaling", action="store_true", help="only time whole memory-bank fits on 200, 800 and 3,200 images")
+    p.add_argument("--sizes", type=int, nargs="+", default=[200, 800, 3200], help="image counts of --scaling")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--memory-bank needs --data-root (or MVTEC_ROOT)")
         rows = memory_bank_rows(args.data_root, args.memory_bank, device)
         return _print(rows, device)
+    if args.scaling:
+        if not args.data_root:
+            p.error("--scaling needs --data-root (or MVTEC_ROOT) holding screw")
+        return _print(scaling_rows(args.data_root, sorted(args.sizes)), device)
     for mode in MODES:
         cfg = Config(mode=mode)
         r = inference(cfg, device, args.repeat)

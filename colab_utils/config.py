@@ -67,6 +67,7 @@ CATEGORY_AUGMENT: dict[str, tuple[str, ...]] = {
 RESUMABLE_FIELDS = frozenset({
     "epochs", "max_minutes", "checkpoint_every_epochs", "checkpoint_every_minutes", "smooth_sigma", "image_score",
     "image_score_norm", "map_norm", "topk_fraction", "threshold_percentile", "mask_pixel_rate", "normalize_maps", "amp",
+    "max_calibration_images",
 })  # fmt: skip
 
 
@@ -123,6 +124,7 @@ class Config:
     topk_fraction: float = 0.01  # share of pixels averaged by "topk_mean"
     threshold_percentile: float | None = None  # of good calibration scores, the default threshold; None: the family's
     mask_pixel_rate: float = 0.0  # mask threshold: this share of good calibration pixels above it; 0 = the percentile of good images' map maxima
+    max_calibration_images: int = 500  # at most this many good images (evenly spaced) calibrate; 0 = all
 
     # --- the family's own settings (a dataclass of its module) ------------------
     model: Settings | None = None  # None = the family's defaults
@@ -154,7 +156,8 @@ class Config:
         def bad(name: str, why: str) -> None:
             raise ConfigError(f"Config.{name}={getattr(self, name)!r}: {why}")
 
-        for name in ("image_size", "epochs", "batch_size", "checkpoint_every_epochs", "seed", "channels"):
+        for name in ("image_size", "epochs", "batch_size", "checkpoint_every_epochs", "seed", "channels",
+                     "max_calibration_images"):  # fmt: skip
             if not isinstance(getattr(self, name), numbers.Integral) or isinstance(getattr(self, name), bool):
                 bad(name, "must be a whole number")
         for name in ("lr", "smooth_sigma", "max_minutes", "checkpoint_every_minutes", "grad_clip", "weight_decay",
@@ -187,6 +190,8 @@ class Config:
             bad("topk_fraction", "must lie in (0, 1]")
         if not 50.0 <= self.threshold_percentile <= 100.0:
             bad("threshold_percentile", "must lie in [50, 100]")
+        if self.max_calibration_images < 0 or 0 < self.max_calibration_images < 20:
+            bad("max_calibration_images", "must be 0 (all) or at least 20")
         if not 0.0 <= self.mask_pixel_rate < 0.5:
             bad("mask_pixel_rate", "must lie in [0, 0.5); 0 keeps the percentile of good images' map maxima")
         for name in ("epochs", "batch_size", "checkpoint_every_epochs"):

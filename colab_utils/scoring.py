@@ -187,12 +187,13 @@ def predict(
     progress: bool = False,
     desc: str = "inference",
     position: PositionStats | None = None,
-    leave_one_out: bool = False,
+    leave_one_out: bool | Tensor = False,
 ) -> dict[str, Any]:
     """Run the model over cached images in batches.
 
     ``leave_one_out``: ``images_uint8`` are the training images of a ``cross_fits`` family, in the order it was
-    fitted on, and each is scored without its own contribution to the model.
+    fitted on (or, given as int64 indices (N,), those of its training images), and each is scored without its own
+    contribution to the model.
 
     images_uint8: (N,C,H,W) uint8. Returns a dict of numpy arrays:
     ``maps`` float32 (N,H,W) (normalised when ``normalizer`` is given),
@@ -207,7 +208,10 @@ def predict(
     starts = range(0, len(images_uint8), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         batch = to_float(images_uint8[start : start + batch_size], device)
-        exclude = torch.arange(start, start + len(batch)) if leave_one_out else None
+        if isinstance(leave_one_out, Tensor):
+            exclude = leave_one_out[start : start + len(batch)]
+        else:
+            exclude = torch.arange(start, start + len(batch)) if leave_one_out else None
         out = anomaly_maps(model, batch, config, exclude)
         recon = out.recon
         maps, scores = scored_maps(out, config, normalizer, position)
@@ -222,6 +226,14 @@ def predict(
         "scores": torch.cat(scores_out).numpy() if scores_out else np.zeros(0, np.float32),
         "recons": torch.cat(recons_out).numpy() if recons_out else None,
     }
+
+
+def calibration_sample(n: int, cap: int) -> Tensor | None:
+    """Indices (int64, ascending) of at most ``cap`` of ``n`` calibration images, evenly spaced; None when all
+    of them calibrate (``cap`` 0 or ``n <= cap``)."""
+    if not cap or n <= cap:
+        return None
+    return torch.linspace(0, n - 1, cap).round().long().unique()
 
 
 #: Shares of good calibration pixels above a threshold that calibration records the threshold of (for reports).
@@ -254,8 +266,11 @@ def calibrate(
     the ``threshold_percentile`` percentile of the held-out images' scores, and
     of their normalised map maxima.
     """
+    sample = calibration_sample(len(good_images_uint8), config.max_calibration_images)
+    if sample is not None:  # thousands of good images: an evenly spaced sample of them calibrates
+        good_images_uint8 = good_images_uint8[sample]
     raw = predict(model, good_images_uint8, config, device, None, batch_size, keep_recons=False,
-                  leave_one_out=leave_one_out)  # fmt: skip
+                  leave_one_out=sample if leave_one_out and sample is not None else leave_one_out)  # fmt: skip
     raw_maps = torch.from_numpy(raw["maps"])[:, None]
     position = None
     if "position" in (score_norm(config), config.map_norm):

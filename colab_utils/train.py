@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from . import checkpoint as ckpt
 from . import geometry
 from .config import Config
-from .data import DataError, ImageSet, image_sizes, load_split, reload, split_paths, split_train_val
+from .data import DataError, ImageSet, clear_cache, image_sizes, load_split, reload, split_paths, split_train_val
 from .models import build_model, get_family
 from .runs import BEST, LAST, is_finished, load_trained  # noqa: F401 - part of this module's API
 from .scoring import calibrate
@@ -215,6 +215,8 @@ def _fit_sets(config, data_root, train_set, val_set, log) -> tuple[Config, Image
     family = get_family(config)
     if family.cross_fits:  # fitted on every good image, and calibrated on each of them left out in turn
         train_set = val_set = train_set.join(val_set)
+        if data_root is not None:  # the joined copy is all the fit needs: drop the cached decode (thousands of images)
+            clear_cache()
     if len(val_set) < MIN_CALIBRATION_IMAGES:
         log(
             f"warning: {config.category}: only {len(val_set)} good images calibrate the default thresholds "

@@ -95,3 +95,16 @@ def test_quality_script_rescores_a_memory_bank_leave_one_out(sample_root, tmp_pa
     assert rescored["calibration_source"] == "leave_one_out" and not (again / "sample" / "last.pt").exists()
     assert rescored["image_auroc"] == pytest.approx(first["image_auroc"])  # same scores: only the heatmaps changed
     assert rescored["thresholds"]["pixel_default"] != first["thresholds"]["pixel_default"]
+
+
+@pytest.mark.mvtec
+def test_speed_scaling_times_whole_fits_of_screw_made_image_sets(mvtec_root, offline_torch_home):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("speed", "benchmarks/speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    rows = speed.scaling_rows(str(mvtec_root), [8, 16], quality=False)
+    assert [name.split(" (")[0] for name, _ in rows] == ["fit 8 images", "fit 16 images", "fit(16) / fit(8)"]
+    assert "8,192 patches" in rows[0][0] and "bank 82" in rows[0][0] and rows[0][1].endswith(" MB")
+    assert float(rows[2][1]) > 0

@@ -229,3 +229,80 @@ def test_a_mean_start_and_exact_distances_make_the_coreset_independent_of_the_se
     assert greedy_coreset(x, 20, projection_dim=0, seed=0).tolist() != greedy_coreset(x, 20, projection_dim=0, seed=7).tolist()
     with pytest.raises(ConfigError, match="coreset_start"):
         Config(coreset_start="first")
+
+
+def test_every_point_lies_within_the_reported_covering_radius():
+    gen = torch.Generator().manual_seed(3)
+    for pts in (torch.randn(500, 6, generator=gen), torch.cat([torch.randn(300, 4, generator=gen),
+                                                               torch.randn(5, 4, generator=gen) * 0.1 + 20])):
+        for k in (1, 7, 40):
+            chosen, radius = greedy_coreset(pts, k, projection_dim=0, seed=1, return_radius=True)
+            nearest = torch.cdist(pts, pts[chosen]).min(1).values
+            assert nearest.max() == pytest.approx(radius, rel=1e-4, abs=1e-4)  # the radius is the worst point's
+
+
+def test_a_fit_above_the_candidate_cap_samples_its_coreset_and_keeps_the_ratio(sample_root, tmp_path):
+    cfg = _tiny_bank(coreset_candidates=2_000, coreset_ratio=0.05)
+    result = fit(cfg, sample_root, tmp_path / "run", **QUIET)
+    info = result.fit_info
+    assert info["patches_seen"] > 2_000 and info["coreset_candidates"] == 2_000
+    assert info["bank_size"] == round(0.05 * 2_000) and info["feature_dtype"] == "float32"
+    assert result.model.bank_source.max() < info["images"]  # entries still name the image they came from
+    uncapped = fit(_tiny_bank(coreset_ratio=0.05), sample_root, tmp_path / "all", **QUIET).fit_info
+    assert uncapped["coreset_candidates"] == uncapped["patches_seen"] and uncapped["bank_size"] > info["bank_size"]
+
+
+def test_a_calibration_sample_scores_each_image_without_itself(sample_root, tmp_path):
+    """Above ``max_calibration_images``, an evenly spaced sample calibrates, each image still left out of the
+    bank: its scores equal the full calibration's scores of the same images."""
+    import numpy as np
+
+    from colab_utils.scoring import calibration_sample
+
+    # the bank's own score (its largest leave-one-out patch distance) does not depend on the calibration set
+    full = fit(_tiny_bank(image_score_norm="global"), sample_root, tmp_path / "full", **QUIET)
+    sampled = fit(_tiny_bank(image_score_norm="global", max_calibration_images=20), sample_root,
+                  tmp_path / "sampled", **QUIET)  # fmt: skip
+    idx = calibration_sample(full.fit_info["images"], 20)
+    assert len(sampled.calibration["good_scores"]) == len(idx) == 20 and idx[0] == 0 and idx[-1] == 79
+    scores = np.asarray(full.calibration["good_scores"])[idx.numpy()]
+    np.testing.assert_allclose(sampled.calibration["good_scores"], scores, rtol=1e-5, atol=1e-5)
+
+
+_FIT_SCRIPT = """
+import sys, torch
+from colab_utils.config import Config
+from colab_utils.data import ImageSet
+from colab_utils.train import fit
+torch.set_num_threads(1)
+n = int(sys.argv[1])
+cfg = Config.for_category("synthetic", mode="memory_bank", image_size=64, pretrained=False, batch_size=16,
+                          geometry="resize", coreset_candidates=5000, max_calibration_images=100)
+gen = torch.Generator().manual_seed(0)
+images = (torch.rand(n, 3, 64, 64, generator=gen) * 255).to(torch.uint8)
+good = ImageSet(images=images, masks=torch.zeros(n, 1, 64, 64, dtype=torch.uint8),
+                labels=torch.zeros(n, dtype=torch.int64), defect_types=["good"] * n,
+                paths=[f"{i}.png" for i in range(n)])
+if n:
+    fit(cfg, None, sys.argv[2], progress=False, train_set=good, val_set=good.subset([]), log=lambda m: None)
+"""
+
+
+def _peak_mb(tmp_path, n: int) -> float:
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _FIT_SCRIPT, str(n), str(tmp_path / f"run{n}")])
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return usage.ru_maxrss / 1024
+
+
+def test_a_fit_on_hundreds_of_images_stays_under_a_measured_memory_ceiling(tmp_path):
+    """The process that fits 600 synthetic images (capped coreset candidates, a calibration sample) peaks within
+    200 MB of the same process that fits nothing: images, features and bank are a few MB at 64 px, and nothing
+    the fit keeps grows with the square of the patches."""
+    baseline = _peak_mb(tmp_path, 0)
+    peak = _peak_mb(tmp_path, 600)
+    assert peak - baseline < 200, (baseline, peak)

@@ -58,24 +58,32 @@ def greedy_coreset(
     seed: int = 0,
     progress: bool = False,
     start: int | str | None = None,
-) -> Tensor:
+    return_radius: bool = False,
+) -> Tensor | tuple[Tensor, float]:
     """Greedy k-center (farthest-point) subsampling, as in PatchCore.
 
     features: (N, D) float. Returns int64 indices (n_select,) into ``features``, in the order chosen: each next
     index is the point farthest (L2) from all chosen so far. ``start`` is the first one (default: a seeded random
     point; ``"mean"``: the point nearest the mean, which depends on the data alone). Distances are computed on a Gaussian random projection to ``projection_dim`` dimensions when D is
     larger (Johnson-Lindenstrauss; 0 = no projection), which is what makes it fast: one matrix-vector product
-    over the N projected points per selection. Runs on the device of ``features``.
+    over the N projected points per selection. Runs on the device of ``features``. ``return_radius``: also the
+    covering radius, the largest distance (in the space the distances were computed in) from any point to its
+    nearest chosen one; every point lies within it, and it is at most twice the best possible (k-center).
     """
     from ..env import progress_bar as tqdm
 
     n = features.shape[0]
     n_select = int(min(max(1, n_select), n))
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    x = features.float()
-    if projection_dim and projection_dim < x.shape[1]:
-        proj = torch.randn(x.shape[1], projection_dim, generator=gen) / math.sqrt(projection_dim)
-        x = x @ proj.to(x.device)
+    d = features.shape[1]
+    proj = None
+    if projection_dim and projection_dim < d:
+        proj = (torch.randn(d, projection_dim, generator=gen) / math.sqrt(projection_dim)).to(features.device)
+    if features.dtype == torch.float32:
+        x = features if proj is None else features @ proj
+    else:  # float16 features of thousands of images: to float32 block by block, never a whole float32 copy
+        x = torch.cat([features[i : i + 65536].float() if proj is None else features[i : i + 65536].float() @ proj
+                       for i in range(0, features.shape[0], 65536)])  # fmt: skip
     x = x.contiguous()
     norms = _sq_norms(x)
     if start == "mean":
@@ -91,7 +99,11 @@ def greedy_coreset(
         torch.minimum(min_d, d, out=min_d)
         last = int(torch.argmax(min_d))
         chosen[i] = last
-    return chosen
+    if not return_radius:
+        return chosen
+    d = torch.addmv(norms, x, x[last], alpha=-2.0).add_(norms[last])
+    radius = float(torch.minimum(min_d, d).clamp_min_(0).max().sqrt())
+    return chosen, radius
 
 
 def chunked_coreset(
@@ -281,7 +293,7 @@ class MemoryBankModel(nn.Module):
         k = torch.arange(len(e), device=e.device) - first[new_run.long().cumsum(0) - 1]
         if int(k.max()) >= cache.shape[1] // hw:
             return None
-        return cache.view(cache.shape[0], -1, hw, cache.shape[-1])[e, k].reshape(-1, cache.shape[-1])
+        return cache.view(cache.shape[0], -1, hw, cache.shape[-1])[e, k].reshape(-1, cache.shape[-1]).float()
 
     def forward(self, images: Tensor, exclude: Tensor | None = None) -> dict[str, Tensor]:
         """``exclude`` (B,) int: the training-image index of each image, whose own bank entries are skipped
@@ -318,22 +330,41 @@ def _bank_layers(config) -> tuple[int, ...]:
     return tuple(config.model.bank_layers) or DEFAULT_BANK_LAYERS.get(config.backbone, ())
 
 
+#: Fit features larger than this are kept as float16 (half the memory; the bank is stored as float16 anyway).
+FLOAT32_FEATURE_BYTES = 1 * 2**30
+
+
 @torch.no_grad()
 def collect_patches(
-    model: MemoryBankModel, images_uint8: Tensor, device: torch.device, batch_size: int, config: Any = None
+    model: MemoryBankModel, images_uint8: Tensor, device: torch.device, batch_size: int, config: Any = None,
+    progress: bool = False,
 ) -> Tensor:
-    """Patch features of uint8 images (N, C, H, W): (N * h * w, D) float32 on ``device``, image by image (under
-    ``config.geometry="tile"`` each image's tiles, :func:`colab_utils.geometry.cut`)."""
-    out = []
+    """Patch features of uint8 images (N, C, H, W): (N * h * w, D) on ``device``, image by image (under
+    ``config.geometry="tile"`` each image's tiles, :func:`colab_utils.geometry.cut`). float32, or float16 when
+    they would take more than :data:`FLOAT32_FEATURE_BYTES` (thousands of images), written into one buffer."""
+    from ..env import progress_bar as tqdm
+
     tiled = config is not None and config.geometry == "tile"
+    out: Tensor | None = None
+    row = 0
+    bar = tqdm(total=len(images_uint8), desc="features", unit="img", disable=not progress, leave=False)
     for s in range(0, len(images_uint8), batch_size):
         x = images_uint8[s : s + batch_size]
         if tiled:
             x = geometry.cut(x, config.image_size, config.tile_overlap)
         x = x.to(device).float().div_(255.0)
         f = model.patch_features(x)
-        out.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
-    return torch.cat(out)
+        f = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+        if out is None:  # the first batch gives the patches per image: size the buffer once
+            total = len(images_uint8) * (f.shape[0] // len(images_uint8[s : s + batch_size]))
+            dtype = torch.float32 if total * f.shape[1] * 4 <= FLOAT32_FEATURE_BYTES else torch.float16
+            out = torch.empty(total, f.shape[1], dtype=dtype, device=f.device)
+        out[row : row + f.shape[0]] = f
+        row += f.shape[0]
+        bar.update(len(images_uint8[s : s + batch_size]))
+        bar.set_postfix(patches=f"{row:,}")
+    bar.close()
+    return out if out is not None else torch.zeros(0, model.extractor.out_channels)
 
 
 @dataclass
@@ -348,6 +379,7 @@ class MemoryBankSettings(Settings):
     coreset_projection: int = 64  # random-projection dimension the coreset distances are computed in (0 = none)
     coreset_chunk: int = 0  # composable coreset over blocks of this many patches (faster, measured less accurate); 0 = one pass
     coreset_start: str = "random"  # the coreset's first patch: "random" (seeded, PatchCore's) or "mean" (nearest the mean)
+    coreset_candidates: int = 1_000_000  # the greedy coreset runs over at most this many patches (a seeded sample); 0 = all
     bank_reweight_neighbors: int = 0  # PatchCore's image-score re-weighting over this many bank neighbours; 0 = off (measured better)
     bank_search: str = "auto"  # nearest-neighbour search: "auto" (= torch), "torch" or "faiss" (faiss-cpu)
 
@@ -362,7 +394,7 @@ class MemoryBankSettings(Settings):
             self.bad("coreset_start", "must be 'random' or 'mean'")
         if self.bank_search not in SEARCH_BACKENDS:
             self.bad("bank_search", f"must be one of {SEARCH_BACKENDS}")
-        for name in ("coreset_projection", "bank_reweight_neighbors", "coreset_chunk"):
+        for name in ("coreset_projection", "bank_reweight_neighbors", "coreset_chunk", "coreset_candidates"):
             if getattr(self, name) < 0:
                 self.bad(name, "must not be negative")
 
@@ -422,28 +454,43 @@ class MemoryBankFamily(Family):
             model.search, model.search_chunk = saved
 
     def fit(self, model, train_set, config, device, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-        """Fill the bank from the good training images; returns what fitting did (for notebook 02)."""
+        """Fill the bank from the good training images; returns what fitting did (for notebook 02).
+
+        The greedy coreset costs (bank size) x (patches), so above ``coreset_candidates`` patches it runs over a
+        seeded sample of that many, keeping ``coreset_ratio`` of the sample: fitting then grows linearly with the
+        images (features) and the bank stops growing. Below the cap it is the plain PatchCore coreset."""
         t0 = time.perf_counter()
-        patches = collect_patches(model, train_set.images, device, config.batch_size, config)
+        patches = collect_patches(model, train_set.images, device, config.batch_size, config, progress)
         t1 = time.perf_counter()
         s = config.model
-        n_select = max(1, int(round(s.coreset_ratio * patches.shape[0])))
+        n = patches.shape[0]
+        candidates = None
+        if s.coreset_candidates and n > s.coreset_candidates and s.coreset_ratio < 1.0:
+            gen = torch.Generator().manual_seed(config.seed)
+            candidates = torch.randperm(n, generator=gen)[: s.coreset_candidates].sort().values
+        pool = patches if candidates is None else patches[candidates.to(patches.device)]
+        n_select = max(1, int(round(s.coreset_ratio * pool.shape[0])))
         if s.coreset_ratio >= 1.0:
-            chosen = torch.arange(patches.shape[0])
+            chosen = torch.arange(n)
         else:
-            log(f"{config.category}: coreset of {n_select:,} from {patches.shape[0]:,} patches")
-            chosen = chunked_coreset(patches, s.coreset_ratio, s.coreset_chunk, s.coreset_projection, config.seed,
+            log(f"{config.category}: coreset of {n_select:,} from {n:,} patches"
+                + (f" (a sample of {pool.shape[0]:,} candidates)" if candidates is not None else ""))  # fmt: skip
+            chosen = chunked_coreset(pool, s.coreset_ratio, s.coreset_chunk, s.coreset_projection, config.seed,
                                      progress, start=None if s.coreset_start == "random" else s.coreset_start)  # fmt: skip
-        per_image = patches.shape[0] // len(train_set)
-        model.set_bank(patches[chosen.to(patches.device)], (chosen // per_image).to(torch.int32))
+            if candidates is not None:
+                chosen = candidates[chosen.cpu()]
+        per_image = n // len(train_set)
+        model.set_bank(patches[chosen.to(patches.device)].float(), (chosen // per_image).to(torch.int32))
         # calibration scores these same images leave-one-out next: keep their features for it (up to 2 GB)
-        model.remember_fit_patches(patches if patches.numel() * 4 <= 2 * 2**30 else None, per_image)
+        model.remember_fit_patches(patches if patches.numel() * patches.element_size() <= 2 * 2**30 else None, per_image)
         t2 = time.perf_counter()
         return {
             "images": len(train_set),
-            "patches_seen": int(patches.shape[0]),
+            "patches_seen": int(n),
+            "coreset_candidates": int(pool.shape[0]),
             "bank_size": int(model.bank.shape[0]),
             "feature_dim": int(patches.shape[1]),
+            "feature_dtype": str(patches.dtype).replace("torch.", ""),
             "bank_megabytes": model.bank.numel() * 2 / 2**20,
             "feature_seconds": t1 - t0,
             "coreset_seconds": t2 - t1,
