@@ -181,6 +181,18 @@ def running_smoke() -> bool:
     return os.environ.get("SMOKE", "").strip().lower() in _TRUE
 
 
+def display_widget(owner: Any) -> None:
+    """Display an object that wraps an ipywidget (``owner.widget``) and has a ``_repr_mimebundle_`` with a static
+    fallback: in Colab the widget itself, so Colab's widget display hook adds the metadata its widget manager needs
+    (a bundle from another object would not get it); elsewhere the owner's bundle (widget view + fallback)."""
+    from IPython.display import display
+
+    if in_colab():
+        display(owner.widget)
+    else:
+        display(owner._repr_mimebundle_(), raw=True)
+
+
 #: Set (to anything) for plain-text progress bars: the headless notebook runner sets it, so an executed notebook
 #: keeps each bar's final line (a widget bar saved without its widget state would show its first state, 0 %).
 TEXT_PROGRESS_ENV = "COLAB_UTILS_TEXT_PROGRESS"

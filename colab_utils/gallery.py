@@ -161,16 +161,10 @@ class Gallery:
         return data
 
     def _ipython_display_(self) -> None:
-        """In Colab the widget itself is displayed, so Colab's widget display hook adds the metadata its widget
-        manager needs (a bundle from another object would not get it); elsewhere, :meth:`_repr_mimebundle_`."""
-        from IPython.display import display
+        """The widget in Colab, :meth:`_repr_mimebundle_` elsewhere (:func:`colab_utils.env.display_widget`)."""
+        from .env import display_widget
 
-        from .env import in_colab
-
-        if in_colab():
-            display(self.widget)
-        else:
-            display(self._repr_mimebundle_(), raw=True)
+        display_widget(self)
 
     def snapshot_png(self, rows: int = SNAPSHOT_ROWS, panel_size: int = 160) -> bytes:
         """PNG bytes of the gallery's first ``rows`` rows of every category, one block per category, the

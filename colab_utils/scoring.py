@@ -240,10 +240,12 @@ def calibration_sample(n: int, cap: int) -> Tensor | None:
 GOOD_PIXEL_RATES = (0.001, 0.003, 0.01, 0.03)
 
 
-def good_pixel_quantiles(maps: Tensor) -> dict[str, float]:
-    """{rate: the value that ``rate`` of the pixels of ``maps`` (N, 1, H, W), normalised good maps, lie above}."""
-    values = maps.numpy().ravel()
-    return {f"{r:g}": float(v) for r, v in zip(GOOD_PIXEL_RATES, np.quantile(values, [1 - r for r in GOOD_PIXEL_RATES]))}
+def good_pixel_quantiles(maps: Tensor, extra: tuple[float, ...] = ()) -> dict[str, float]:
+    """{rate: the value that ``rate`` of the pixels of ``maps`` (N, 1, H, W), normalised good maps, lie above}, for
+    :data:`GOOD_PIXEL_RATES` and the ``extra`` rates."""
+    rates = tuple(dict.fromkeys((*GOOD_PIXEL_RATES, *extra)))
+    values = np.quantile(maps.numpy().ravel(), [1 - r for r in rates])
+    return {f"{r:g}": float(v) for r, v in zip(rates, values)}
 
 
 def calibrate(
@@ -293,9 +295,12 @@ def calibrate(
     else:
         scores = image_scores(maps, config).numpy()
     maxima = maps.flatten(1).max(1).values.numpy()
-    quantiles = good_pixel_quantiles(maps)
-    if config.mask_pixel_rate > 0:
-        pixel_threshold = float(np.quantile(maps.numpy(), 1.0 - config.mask_pixel_rate))
+    rate = config.mask_pixel_rate
+    quantiles = good_pixel_quantiles(maps, (rate,) if rate > 0 else ())  # one pass over the pixels for all rates
+    if rate > 0:
+        pixel_threshold = quantiles[f"{rate:g}"]
+        if rate not in GOOD_PIXEL_RATES:  # the record keeps the reported rates only
+            del quantiles[f"{rate:g}"]
     else:
         pixel_threshold = float(np.percentile(maxima, config.threshold_percentile))
     return {

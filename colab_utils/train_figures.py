@@ -308,16 +308,10 @@ class LiveHistory:
         return data
 
     def _ipython_display_(self) -> None:
-        """In Colab the widget itself, so Colab's display hook adds what its widget manager needs; elsewhere the
-        bundle of :meth:`_repr_mimebundle_`."""
-        from IPython.display import display
+        """The widget in Colab, :meth:`_repr_mimebundle_` elsewhere (:func:`colab_utils.env.display_widget`)."""
+        from .env import display_widget
 
-        from .env import in_colab
-
-        if in_colab():
-            display(self.widget)
-        else:
-            display(self._repr_mimebundle_(), raw=True)
+        display_widget(self)
 
     def update(self, epoch: int, history: Mapping[str, Sequence[float]]) -> None:
         import matplotlib.pyplot as plt

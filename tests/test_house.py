@@ -21,7 +21,7 @@ def _modules() -> dict[str, ast.Module]:
 
 def _imports(name: str, tree: ast.Module) -> set[str]:
     """The package modules ``name`` imports, at module level or inside functions."""
-    package = name.split(".")[:-1] if not name.endswith("__init__") else name.split(".")[:-1]
+    package = name.split(".")[:-1]  # a module's package, and a package's own for its __init__
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:

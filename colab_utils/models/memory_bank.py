@@ -349,19 +349,19 @@ def collect_patches(
     row = 0
     bar = tqdm(total=len(images_uint8), desc="features", unit="img", disable=not progress, leave=False)
     for s in range(0, len(images_uint8), batch_size):
-        x = images_uint8[s : s + batch_size]
+        x = batch = images_uint8[s : s + batch_size]
         if tiled:
             x = geometry.cut(x, config.image_size, config.tile_overlap)
         x = x.to(device).float().div_(255.0)
         f = model.patch_features(x)
         f = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
         if out is None:  # the first batch gives the patches per image: size the buffer once
-            total = len(images_uint8) * (f.shape[0] // len(images_uint8[s : s + batch_size]))
+            total = len(images_uint8) * (f.shape[0] // len(batch))
             dtype = torch.float32 if total * f.shape[1] * 4 <= FLOAT32_FEATURE_BYTES else torch.float16
             out = torch.empty(total, f.shape[1], dtype=dtype, device=f.device)
         out[row : row + f.shape[0]] = f
         row += f.shape[0]
-        bar.update(len(images_uint8[s : s + batch_size]))
+        bar.update(len(batch))
         bar.set_postfix(patches=f"{row:,}")
     bar.close()
     return out if out is not None else torch.zeros(0, model.extractor.out_channels)
