@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 #: The kinds of synthetic defect (``UNetSettings.corruptions``).
 CORRUPTIONS = ("perlin", "cutpaste", "scratch")
-CORRUPTION_KINDS = CORRUPTIONS
 #: Where a Perlin defect's foreign texture comes from, and the default mix (the one the U-Net's benchmark figures
 #: were measured with).
 TEXTURE_SOURCES = ("noise", "stripes", "other", "recolour")
@@ -305,7 +304,7 @@ def synthesize_defects(
     images: torch.Tensor,
     generator: torch.Generator | None,
     prob: float = 0.5,
-    kinds: Sequence[str] = CORRUPTION_KINDS,
+    kinds: Sequence[str] = CORRUPTIONS,
     textures: Sequence[str] = DEFAULT_TEXTURES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Corrupt a random share of a batch with synthetic defects.
@@ -328,7 +327,7 @@ def synthesize_defects(
         raise ValueError(f"expected images (B, C, H, W), got {tuple(images.shape)}")
     unknown = set(kinds) - set(_KINDS)
     if unknown or not kinds:
-        raise ValueError(f"kinds={tuple(kinds)}: choose one or more of {CORRUPTION_KINDS}")
+        raise ValueError(f"kinds={tuple(kinds)}: choose one or more of {CORRUPTIONS}")
     if set(textures) - set(TEXTURE_SOURCES) or not textures:
         raise ValueError(f"textures={tuple(textures)}: choose one or more of {TEXTURE_SOURCES}")
     g = _gen(generator)

@@ -8,7 +8,6 @@ fields every family shares. This module sits below both, so families never impor
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
 from dataclasses import dataclass, fields
 from typing import Any
@@ -57,6 +56,3 @@ class Settings:
     @classmethod
     def names(cls) -> frozenset[str]:
         return frozenset(f.name for f in fields(cls))
-
-    def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
