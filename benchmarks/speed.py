@@ -119,7 +119,7 @@ def memory_bank_rows(data_root: str, category: str, device: torch.device) -> lis
 
     from colab_utils.data import load_split
     from colab_utils.inspector import Inspector
-    from colab_utils.models.memory_bank import faiss_available
+    from colab_utils.models.coreset import faiss_available
     from colab_utils.train import fit
 
     cfg = Config.for_category(category, mode="memory_bank")

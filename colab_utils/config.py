@@ -67,7 +67,7 @@ CATEGORY_AUGMENT: dict[str, tuple[str, ...]] = {
 RESUMABLE_FIELDS = frozenset({
     "epochs", "max_minutes", "checkpoint_every_epochs", "checkpoint_every_minutes", "smooth_sigma", "image_score",
     "image_score_norm", "map_norm", "topk_fraction", "threshold_percentile", "mask_pixel_rate", "normalize_maps", "amp",
-    "max_calibration_images",
+    "max_calibration_images", "mask_peak_share",
 })  # fmt: skip
 
 
@@ -124,6 +124,7 @@ class Config:
     topk_fraction: float = 0.01  # share of pixels averaged by "topk_mean"
     threshold_percentile: float | None = None  # of good calibration scores, the default threshold; None: the family's
     mask_pixel_rate: float = 0.0  # mask threshold: this share of good calibration pixels above it; 0 = the percentile of good images' map maxima
+    mask_peak_share: float = 0.5  # a masked pixel also reaches this share of its image's peak (0.5: half maximum); 0 = off
     max_calibration_images: int = 500  # at most this many good images (evenly spaced) calibrate; 0 = all
 
     # --- the family's own settings (a dataclass of its module) ------------------
@@ -161,7 +162,8 @@ class Config:
             if not isinstance(getattr(self, name), numbers.Integral) or isinstance(getattr(self, name), bool):
                 bad(name, "must be a whole number")
         for name in ("lr", "smooth_sigma", "max_minutes", "checkpoint_every_minutes", "grad_clip", "weight_decay",
-                     "tile_overlap", "val_fraction", "topk_fraction", "threshold_percentile", "mask_pixel_rate"):  # fmt: skip
+                     "tile_overlap", "val_fraction", "topk_fraction", "threshold_percentile", "mask_pixel_rate",
+                     "mask_peak_share"):  # fmt: skip
             if not isinstance(getattr(self, name), numbers.Real) or isinstance(getattr(self, name), bool):
                 bad(name, "must be a number")
         if self.channels not in (1, 3):
@@ -194,6 +196,8 @@ class Config:
             bad("max_calibration_images", "must be 0 (all) or at least 20")
         if not 0.0 <= self.mask_pixel_rate < 0.5:
             bad("mask_pixel_rate", "must lie in [0, 0.5); 0 keeps the percentile of good images' map maxima")
+        if not 0.0 <= self.mask_peak_share < 1.0:
+            bad("mask_peak_share", "must lie in [0, 1); 0 masks every pixel above the pixel threshold")
         for name in ("epochs", "batch_size", "checkpoint_every_epochs"):
             if getattr(self, name) < 1:
                 bad(name, "must be at least 1")

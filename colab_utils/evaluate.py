@@ -100,6 +100,7 @@ def operating_points(
     image_threshold: float,
     pixel_threshold: float,
     false_alarm_budget: float = float("nan"),
+    peak_share: float = 0.0,
 ) -> dict[str, float]:
     """What the default thresholds (set from good images only) do on a labelled test set, as fractions in [0, 1].
 
@@ -109,7 +110,8 @@ def operating_points(
     (``1 - threshold_percentile / 100``); ``budget_kept`` is 1 when the count is consistent with the budget (its
     interval reaches down to it or below), 0 when the rate is significantly above it;
     ``defect_recall``: share of defective images flagged; ``mask_f1`` and ``mask_iou``: of the predicted mask
-    ``maps >= pixel_threshold`` against ``masks`` (N,H,W) over all pixels (NaN without masks). NaN where a class
+    (:func:`~colab_utils.scoring.predicted_mask`: ``maps >= pixel_threshold`` and ``peak_share`` of each
+    image's peak) against ``masks`` (N,H,W) over all pixels (NaN without masks). NaN where a class
     is absent.
     """
     from . import metrics as M
@@ -133,7 +135,9 @@ def operating_points(
         "mask_iou": nan,
     }
     if masks is not None and masks.any():
-        pixel = M.binary_confusion(masks > 0, maps, pixel_threshold)
+        from .scoring import predicted_mask
+
+        pixel = M.binary_confusion(masks > 0, predicted_mask(maps, pixel_threshold, peak_share), 0.5)
         out["mask_f1"] = pixel["f1"]
         out["mask_iou"] = pixel["tp"] / (pixel["tp"] + pixel["fp"] + pixel["fn"])
     return {k: float(v) for k, v in out.items()}
@@ -234,7 +238,7 @@ def _result(trained: Any, category: str, test_set: Any, pred: dict[str, Any], in
     budget = 1.0 - trained.config.threshold_percentile / 100.0
     metrics["at_default_thresholds"] = operating_points(
         labels, pred["scores"], used_masks, pred["maps"], thresholds["image_default"], thresholds["pixel_default"],
-        budget,
+        budget, trained.config.mask_peak_share,
     )
     return EvalResult(
         category=category,

@@ -113,8 +113,10 @@ def export_run(run: TrainedRun, folder: str | os.PathLike, opset: int = 17) -> t
             "layout": "NCHW",
         },
         "thresholds": {"image": run.image_threshold, "pixel": run.pixel_threshold,
+                       "mask_peak_share": config.mask_peak_share,
                        "source": run.calibration.get("source", "held_out")},  # fmt: skip
-        "verdict": "DEFECT when image_score >= thresholds.image; defect mask: anomaly_map >= thresholds.pixel",
+        "verdict": ("DEFECT when image_score >= thresholds.image; defect mask: anomaly_map >= thresholds.pixel and "
+                    ">= thresholds.mask_peak_share x that image's largest anomaly_map value"),
         "checkpoint": str(run.path),
         "checkpoint_sha256": run.checkpoint_sha256,
         "config": config.to_dict(),

@@ -50,11 +50,14 @@ class Gallery:
     Controls (ipywidgets, public attributes): ``category`` (Dropdown), ``defect_type`` (Dropdown: "all" + the
     category's types), ``sort`` (Dropdown, :data:`SORT_OPTIONS`), ``index`` (IntSlider: position in the
     filtered list), ``prev_button``/``next_button``, ``threshold`` (FloatSlider on the pixel-map scale; default
-    ``thresholds["pixel_default"]``), ``reset_button`` (back to that default), ``opacity`` (FloatSlider 0..1).
+    ``thresholds["pixel_default"]``), ``peak_share`` (FloatSlider 0..0.95: a masked pixel also reaches this share of
+    its image's peak; default the run's ``mask_peak_share``), ``reset_button`` (both back to their defaults),
+    ``opacity`` (FloatSlider 0..1).
 
     Panels side by side, rendered with numpy + PIL into ``image`` (an ``ipywidgets.Image`` of PNG bytes): image,
     reconstruction (or a "no pixel reconstruction" note for a family without one), heatmap overlay on the category's shared
-    scale (:func:`map_scale`, colour bar below), predicted mask (map >= threshold) and ground truth; ``caption``
+    scale (:func:`map_scale`, colour bar below), predicted mask (:func:`~colab_utils.scoring.predicted_mask`: map >=
+    threshold and >= peak share x the image's peak) and ground truth; ``caption``
     (HTML) gives path, defect type, image score vs ``thresholds["image_default"]``, the verdict and whether it
     is correct. Only the current image is rendered, on every control change.
 
@@ -123,8 +126,11 @@ class Gallery:
         self.threshold = w.FloatSlider(min=0.0, max=1.0, step=0.001, value=0.5, description="pixel thr.",
                                        readout_format=".3g", style=wide, continuous_update=live,
                                        layout=w.Layout(width="420px"))  # fmt: skip
+        self.peak_share = w.FloatSlider(min=0.0, max=0.95, step=0.05, value=0.0, description="peak share",
+                                        style=wide, continuous_update=live, layout=w.Layout(width="300px"))  # fmt: skip
         self.reset_button = w.Button(
-            description="default", layout=w.Layout(width="70px"), tooltip="reset to thresholds['pixel_default']"
+            description="default", layout=w.Layout(width="70px"),
+            tooltip="reset to thresholds['pixel_default'] and the run's mask_peak_share",
         )
         self.opacity = w.FloatSlider(
             min=0.0, max=1.0, step=0.05, value=float(opacity), description="opacity", style=wide, continuous_update=live
@@ -134,7 +140,8 @@ class Gallery:
         self.widget = w.VBox([
             w.HBox([self.category, self.defect_type, self.sort]),
             w.HBox([self.index, self.prev_button, self.next_button]),
-            w.HBox([self.threshold, self.reset_button, self.opacity]),
+            w.HBox([self.threshold, self.peak_share, self.reset_button]),
+            self.opacity,
             self.image,
             self.caption,
         ])  # fmt: skip
@@ -144,7 +151,7 @@ class Gallery:
         self.category.observe(self._on_category, names="value")
         self.defect_type.observe(self._on_filter, names="value")
         self.sort.observe(self._on_filter, names="value")
-        for ctrl in (self.index, self.threshold, self.opacity):
+        for ctrl in (self.index, self.threshold, self.peak_share, self.opacity):
             ctrl.observe(self._on_view, names="value")
         self.prev_button.on_click(lambda _: self.step(-1))
         self.next_button.on_click(lambda _: self.step(+1))
@@ -219,6 +226,7 @@ class Gallery:
         slider.value = default
         slider.min, slider.max = lo, hi
         slider.step = (hi - lo) / 1000.0
+        self.peak_share.value = self._default_share(r)
         self._refilter()
 
     def _refilter(self) -> None:
@@ -258,8 +266,15 @@ class Gallery:
         if not self._busy:
             self.render()
 
+    @staticmethod
+    def _default_share(result) -> float:
+        return float(result.config.get("mask_peak_share") or 0.0)  # results saved before the rule: none
+
     def _reset_threshold(self) -> None:
-        self.threshold.value = float(self.result.thresholds["pixel_default"])
+        with self._hold():
+            self.peak_share.value = self._default_share(self.result)
+            self.threshold.value = float(self.result.thresholds["pixel_default"])
+        self.render()
 
     def step(self, delta: int) -> None:
         """Move ``delta`` images along the filtered list (clamped)."""
@@ -286,7 +301,8 @@ class Gallery:
         i = self.filtered_indices[self.current_position]
         vmin, vmax = self.scale(self.current_category)
         thr = float(self.threshold.value)
-        panels, pred = image_panels(r, i, thr, float(self.opacity.value), vmin, vmax, self.cmap)
+        panels, pred = image_panels(r, i, thr, float(self.opacity.value), vmin, vmax, self.cmap,
+                                    float(self.peak_share.value))  # fmt: skip
         gt = mask2d(r.masks[i])
         inter, union = int((pred & gt).sum()), int((pred | gt).sum())
         footers = [

@@ -37,6 +37,7 @@ from .data import IMAGE_EXTENSIONS, DataError, natural_key, read_image, resize_i
 from .geometry import MAX_ASPECT
 from .outputs import StagedOutput
 from .runs import TrainedRun
+from .scoring import predicted_mask
 
 #: Images with a shorter side below this are skipped by ``predict`` with the reason (a 1 x 1 file is no photo).
 MIN_SIDE = 16
@@ -330,7 +331,7 @@ class Inspector:
 
         height, width = img.shape[-2:]
         full = np.asarray(Image.fromarray(amap, mode="F").resize((width, height), Image.Resampling.BILINEAR))
-        mask = full >= self.pixel_threshold
+        mask = predicted_mask(full, self.pixel_threshold, self.config.mask_peak_share)
         verdict = "DEFECT" if score >= self.image_threshold else "OK"
         pred = Prediction(str(path.resolve()), score, self.image_threshold, verdict, 100.0 * float(mask.mean()), width, height,
                           anomaly_map=full if keep_map else None)  # fmt: skip

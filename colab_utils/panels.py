@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .evaluate import EvalResult
+from .scoring import predicted_mask
 
 PRED_COLOUR = (1.0, 0.15, 0.15)  # predicted defect pixels
 GT_COLOUR = (0.1, 0.9, 0.2)  # ground-truth defect pixels
@@ -179,18 +180,22 @@ def colour_strip(width: int, cmap: str, height: int = 10) -> np.ndarray:
 
 
 def image_panels(
-    result: EvalResult, i: int, threshold: float, alpha: float, vmin: float, vmax: float, cmap: str
+    result: EvalResult, i: int, threshold: float, alpha: float, vmin: float, vmax: float, cmap: str,
+    peak_share: float | None = None,
 ) -> tuple[list[tuple[str, np.ndarray | None]], np.ndarray]:
-    """The panels of image ``i``: ([(title, uint8 (H, W, 3) or None for the no-reconstruction note)], pred mask bool (H, W))."""
+    """The panels of image ``i``: ([(title, uint8 (H, W, 3) or None for the no-reconstruction note)], pred mask
+    bool (H, W)); the mask at ``threshold`` and ``peak_share`` (None: the run's ``mask_peak_share``)."""
     rgb = rgb_float(result.images[i])
     amap = to_numpy(result.maps[i])
     if amap.ndim == 3:
         amap = amap[0]
-    pred = amap >= threshold
+    share = float(result.config.get("mask_peak_share") or 0.0) if peak_share is None else float(peak_share)
+    pred = predicted_mask(amap, threshold, share)
     panels: list[tuple[str, np.ndarray | None]] = [("image", to_u8(rgb))]
     panels.append(("reconstruction", None if result.recons is None else to_u8(rgb_float(result.recons[i]))))
     panels.append(("heatmap", to_u8(heatmap_overlay(result.images[i], amap, vmin, vmax, alpha, cmap))))
-    panels.append((f"predicted mask (map >= {threshold:.3g})", to_u8(tint(rgb, pred, PRED_COLOUR))))
+    rule = f"map >= {threshold:.3g}" + (f", >= {share:g} x peak" if share > 0 else "")
+    panels.append((f"predicted mask ({rule})", to_u8(tint(rgb, pred, PRED_COLOUR))))
     panels.append(("ground truth", to_u8(tint(rgb, mask2d(result.masks[i]), GT_COLOUR))))
     return panels, pred
 

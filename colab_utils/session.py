@@ -360,11 +360,15 @@ def inspect_all(
 
 
 def _mask_rule(config: dict[str, Any]) -> str:
-    """How the mask threshold was set, from a saved config: a share of good pixels, or the maxima percentile."""
+    """How the mask was set, from a saved config: a share of good pixels, or the maxima percentile, and the share
+    of each image's peak a masked pixel reaches."""
     rate = float(config.get("mask_pixel_rate") or 0.0)
+    share = float(config.get("mask_peak_share") or 0.0)
     if rate > 0:
-        return f"{100 * rate:g} % of good pixels above"
-    return f"p{float(config.get('threshold_percentile') or 99):g} of good maxima"
+        rule = f"{100 * rate:g} % of good pixels above"
+    else:
+        rule = f"p{float(config.get('threshold_percentile') or 99):g} of good maxima"
+    return rule + (f", >= {share:g} x peak" if share > 0 else "")
 
 
 def operating_rows(evals: dict[str, Any]) -> list[dict[str, Any]]:

@@ -76,8 +76,9 @@ def test_quality_script_reports_the_mean_and_range_over_seeds(sample_root, tmp_p
         runpy.run_path("benchmarks/mask_rule.py", run_name="__main__")
     assert exit_info.value.code == 0
     table = capsys.readouterr().out.strip().splitlines()
-    assert table[-3].startswith("| category | maxima rule | 0.1 % | 0.3 % | 1 % | 3 % | pixel F1-max")
-    assert table[-1].startswith("| sample | ") and len(table[-1].split("|")) == 9
+    assert table[-3].startswith("| category | maxima rule | 0.1 % | 0.3 % | 1 % | 3 % | maxima rule & half peak | "
+                                "0.1 % & half peak | 0.3 % & half peak | 1 % & half peak | 3 % & half peak | pixel F1-max")
+    assert table[-1].startswith("| sample | ") and len(table[-1].split("|")) == 14
 
 
 def test_quality_script_rescores_a_memory_bank_leave_one_out(sample_root, tmp_path, monkeypatch):
@@ -106,5 +107,5 @@ def test_speed_scaling_times_whole_fits_of_screw_made_image_sets(mvtec_root, off
     spec.loader.exec_module(speed)
     rows = speed.scaling_rows(str(mvtec_root), [8, 16], quality=False)
     assert [name.split(" (")[0] for name, _ in rows] == ["fit 8 images", "fit 16 images", "fit(16) / fit(8)"]
-    assert "8,192 patches" in rows[0][0] and "bank 82" in rows[0][0] and rows[0][1].endswith(" MB")
+    assert "8,192 patches" in rows[0][0] and "bank 164" in rows[0][0] and rows[0][1].endswith(" MB")
     assert float(rows[2][1]) > 0

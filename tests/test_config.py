@@ -60,6 +60,8 @@ def test_a_field_of_another_family_names_its_family():
         ("smooth_sigma", "big", "smooth_sigma.*number"),
         ("coreset_ratio", 0.0, "coreset_ratio"),
         ("bank_stride", 5, "bank_stride"),
+        ("mask_peak_share", 1.0, "mask_peak_share.*0 masks every pixel"),
+        ("stand_ins", "all", "stand_ins.*greedy"),
     ],
 )
 def test_bad_values_name_the_field(field, value, needle):

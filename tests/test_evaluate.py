@@ -178,6 +178,27 @@ def test_operating_points_on_a_hand_worked_case():
     assert budgeted["budget_kept"] == 1.0
 
 
+def test_the_mask_keeps_each_images_pixels_above_the_threshold_and_half_its_peak():
+    from colab_utils.evaluate import operating_points
+    from colab_utils.scoring import predicted_mask
+
+    # a strong defect with a blurred flank, a faint one, a good image: one row each
+    maps = np.array([[0.5, 3.0, 9.0, 10.0, 4.0], [0.5, 2.5, 3.0, 2.0, 0.5], [0.5, 1.0, 1.5, 1.0, 0.5]], np.float32)
+    plain = predicted_mask(maps[:, None], 2.0)
+    assert plain[:, 0].tolist() == [[0, 1, 1, 1, 1], [0, 1, 1, 1, 0], [0, 0, 0, 0, 0]]
+    half = predicted_mask(maps[:, None], 2.0, 0.5)  # the strong one keeps 9 and 10 (>= 5), the faint one >= 2
+    assert half[:, 0].tolist() == [[0, 0, 1, 1, 0], [0, 1, 1, 1, 0], [0, 0, 0, 0, 0]]
+    assert predicted_mask(maps[1], 2.0, 0.9).tolist() == [0, 0, 1, 0, 0]  # one image (H, W): its own peak
+    masks = np.zeros_like(maps, np.uint8)[:, None]
+    masks[0, 0, 2:4] = masks[1, 0, 1:4] = 1
+    labels = np.array([1, 1, 0])
+    scores = maps.max(1)
+    out = operating_points(labels, scores, masks, maps[:, None], 2.0, 2.0, peak_share=0.5)
+    assert out["mask_f1"] == 1.0 and out["mask_iou"] == 1.0
+    flank = operating_points(labels, scores, masks, maps[:, None], 2.0, 2.0)
+    assert flank["mask_f1"] == pytest.approx(2 * 5 / (2 * 5 + 2))  # the strong defect's two flank pixels
+
+
 def test_binomial_interval_matches_its_closed_forms():
     from colab_utils.metrics import binomial_interval
 

@@ -83,8 +83,25 @@ def test_gallery_sort_and_filter(gallery, alpha):
 
 def test_gallery_reset_threshold(gallery, alpha):
     gallery.threshold.value = 2.5
+    gallery.peak_share.value = 0.9
+    renders = gallery.n_renders
     gallery.reset_button.click()
     assert gallery.threshold.value == pytest.approx(alpha.thresholds["pixel_default"])
+    assert gallery.peak_share.value == pytest.approx(alpha.config.get("mask_peak_share") or 0.0)
+    assert gallery.n_renders == renders + 1  # both back, one render
+
+
+def test_gallery_peak_share_narrows_the_mask_to_the_images_own_peak(gallery):
+    from colab_utils.scoring import predicted_mask
+
+    gallery.index.value = 3  # a defective image
+    gallery.peak_share.value = 0.0
+    wide = gallery.current_pred_mask.copy()
+    gallery.peak_share.value = 0.8
+    narrow = gallery.current_pred_mask
+    assert narrow.sum() < wide.sum() and not (narrow & ~wide).any()
+    amap = np.asarray(gallery.result.maps[gallery.current_index]).squeeze()
+    assert np.array_equal(narrow, predicted_mask(amap, gallery.threshold.value, 0.8))
 
 
 

@@ -233,7 +233,10 @@ def test_gallery_in_jupyterlab_with_headless_chromium(browser_tools, tmp_path, m
             third = shot_after(lambda: select.select_option(label=defect), "03_defect_type")
             expect(caption).to_contain_text(f"defect type: {defect}")
 
-            # the threshold slider, moved to its lowest value: only the predicted-mask panel changes
+            # the peak-share and threshold sliders, moved to their lowest values (the mask then takes every pixel
+            # of the map above its smallest value): only the predicted-mask panel changes
+            share = control("slider", "peak share").locator(".noUi-handle")
+            shot_after(lambda: (share.focus(), page.keyboard.press("Home")), "04a_peak_share_off")
             handle = control("slider", "pixel thr.").locator(".noUi-handle")
             fourth = shot_after(lambda: (handle.focus(), page.keyboard.press("Home")), "04_threshold_lowest")
             assert _differs(_panel(third, 3, n_panels), _panel(fourth, 3, n_panels)), "the mask did not change"

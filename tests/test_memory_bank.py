@@ -12,7 +12,7 @@ from colab_utils import checkpoint as ckpt
 from colab_utils.config import Config, ConfigError
 from colab_utils.evaluate import evaluate
 from colab_utils.models import FAMILIES, build_model, get_family, greedy_coreset
-from colab_utils.models.memory_bank import faiss_available, nearest_faiss, nearest_torch
+from colab_utils.models.coreset import faiss_available, nearest_faiss, nearest_torch, stand_ins
 from colab_utils.train import BEST, LAST, fit, is_finished, load_trained
 
 QUIET = dict(progress=False, log=lambda m: None)
@@ -49,7 +49,7 @@ def test_coreset_keeps_farthest_point_property_on_hand_made_points():
 
 
 def test_chunked_coreset_is_the_greedy_coreset_of_the_blocks_union_and_covers_like_one_pass():
-    from colab_utils.models.memory_bank import chunked_coreset
+    from colab_utils.models.coreset import chunked_coreset
 
     gen = torch.Generator().manual_seed(2)
     x = torch.cat([torch.randn(900, 8, generator=gen), torch.randn(100, 8, generator=gen) * 0.1 + 6.0])
@@ -124,6 +124,90 @@ def test_leave_one_out_search_skips_the_query_images_own_entries():
     # query 2 (an image with no entries) sees them all -> entry 1 at 0.1
     assert idx.tolist() == [1, 0, 1]
     assert torch.allclose(dist, torch.tensor([0.9, 0.9, 0.1]))
+
+
+def test_a_nearest_stand_in_is_the_nearest_patch_of_another_image():
+    gen = torch.Generator().manual_seed(3)
+    pool = torch.randn(400, 8, generator=gen)
+    pool_source = torch.arange(400, dtype=torch.int32) // 50  # 8 images of 50 patches
+    chosen = torch.randperm(400, generator=gen)[:30]
+    spare, spare_source = stand_ins(chosen, pool, pool_source, "nearest")
+    d = torch.cdist(pool[chosen], pool)
+    d[pool_source[chosen][:, None] == pool_source[None, :]] = float("inf")  # never the entry's own image
+    assert torch.equal(spare, pool[d.argmin(1)])
+    assert torch.equal(spare_source, pool_source[d.argmin(1)])
+    # a bank whose every patch is of one image has no stand-in to offer
+    _, lonely = stand_ins(torch.arange(3), pool[:50], torch.zeros(50, dtype=torch.int32), "nearest")
+    assert lonely.tolist() == [-1, -1, -1]
+
+
+def test_the_coreset_tells_each_patch_its_cell_and_runner_up_as_an_exact_search_does():
+    from colab_utils.models.coreset import cells_of
+
+    gen = torch.Generator().manual_seed(4)
+    pool = torch.randn(600, 6, generator=gen)
+    chosen, radius, cells = greedy_coreset(pool, 25, projection_dim=0, seed=1, return_radius=True, return_cells=True)
+    assert torch.equal(chosen, greedy_coreset(pool, 25, projection_dim=0, seed=1))  # the same choice either way
+    d = torch.cdist(pool, pool[chosen]) ** 2
+    two = d.topk(2, dim=1, largest=False)
+    assert torch.equal(cells.index, two.indices[:, 0])  # the nearest chosen point, as a position in ``chosen``
+    assert torch.allclose(cells.runner_up, two.values[:, 1], rtol=1e-4, atol=1e-4)
+    assert float(d.min(1).values.max().sqrt()) == pytest.approx(radius, rel=1e-4)
+    exact = cells_of(pool, pool[chosen])
+    assert torch.equal(exact.index, cells.index) and torch.allclose(exact.runner_up, cells.runner_up, atol=1e-4)
+
+
+@pytest.mark.parametrize("rule", ["greedy", "random"])
+def test_a_stand_in_is_a_member_of_the_entrys_cell_from_another_image(rule):
+    gen = torch.Generator().manual_seed(4)
+    pool = torch.randn(600, 6, generator=gen)
+    pool_source = torch.arange(600, dtype=torch.int32) // 40  # 15 images
+    chosen, cells = greedy_coreset(pool, 25, projection_dim=0, seed=1, return_cells=True)
+    spare, source = stand_ins(chosen, pool, pool_source, rule, cells, seed=0)
+    member = (spare[:, None, :] == pool[None, :, :]).all(2).float().argmax(1)  # which pool patch each one is
+    found = source >= 0
+    assert found.sum() >= 20
+    assert torch.equal(cells.index[member[found]], torch.arange(25)[found])  # in the entry's own cell
+    assert (source[found] != pool_source[chosen][found]).all() and torch.equal(source[found], pool_source[member[found]])
+    for k in torch.nonzero(~found).flatten().tolist():  # no stand-in: the cell holds the entry's image alone
+        assert (pool_source[cells.index == k] == pool_source[chosen[k]]).all()
+    if rule == "greedy":  # the member of another image farthest from every other entry: greedy's next pick there
+        for k in torch.nonzero(found).flatten().tolist():
+            members = (cells.index == k) & (pool_source != pool_source[chosen[k]])
+            assert cells.runner_up[member[k]] == cells.runner_up[members].max()
+    else:
+        assert not torch.equal(stand_ins(chosen, pool, pool_source, rule, cells, seed=1)[0], spare)  # by the seed
+
+
+def test_leave_one_out_meets_the_stand_ins_of_its_own_entries_and_no_others():
+    # entries 0, 1 of image 0 and 1; entries 2, 3 stand in for them (from images 2 and 3)
+    bank = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.5, 0.0], [10.5, 0.0]])
+    source = torch.tensor([0, 1, 2, 3], dtype=torch.int32)
+    stand_in_for = torch.tensor([-1, -1, 0, 1])
+    queries = torch.tensor([[0.1, 0.0], [10.1, 0.0], [0.1, 0.0]])
+    dist, idx = nearest_torch(queries, bank, query_source=torch.tensor([0, 0, 1]), bank_source=source,
+                              stand_in_for=stand_in_for)  # fmt: skip
+    # image 0 meets the stand-in of its own entry (0.4 away), and entry 1 of image 1, never stand-in 3;
+    # image 1's query near entry 0 uses it directly (0.1), and may not use its own entry's stand-in 3
+    assert idx.tolist() == [2, 1, 0]
+    assert torch.allclose(dist, torch.tensor([0.4, 0.1, 0.1]), atol=1e-3)
+
+
+def test_stand_ins_only_lower_leave_one_out_scores_and_never_below_the_seen_ones(sample_root, tmp_path):
+    from colab_utils.scoring import predict
+    from colab_utils.train import load_data
+
+    cfg = _tiny_bank(image_score_norm="global")
+    model = fit(cfg, sample_root, tmp_path / "run", **QUIET).model
+    assert model.stand_in.shape == model.bank.shape and (model.stand_in_source != model.bank_source).all()
+    train, held = load_data(cfg, sample_root)
+    images = train.join(held).images
+    seen = predict(model, images, cfg, "cpu", keep_recons=False)["scores"]
+    helped = predict(model, images, cfg, "cpu", keep_recons=False, leave_one_out=True)["scores"]
+    model.set_bank(model.bank.float(), model.bank_source)  # the same bank without its stand-ins
+    plain = predict(model, images, cfg, "cpu", keep_recons=False, leave_one_out=True)["scores"]
+    assert (helped <= plain + 1e-5).all() and (helped < plain - 1e-4).any()
+    assert (helped >= seen - 1e-5).all()
 
 
 def test_bank_is_fitted_on_every_good_image_and_calibrated_leave_one_out(sample_root, tmp_path):
@@ -250,6 +334,8 @@ def test_a_fit_above_the_candidate_cap_samples_its_coreset_and_keeps_the_ratio(s
     assert result.model.bank_source.max() < info["images"]  # entries still name the image they came from
     uncapped = fit(_tiny_bank(coreset_ratio=0.05), sample_root, tmp_path / "all", **QUIET).fit_info
     assert uncapped["coreset_candidates"] == uncapped["patches_seen"] and uncapped["bank_size"] > info["bank_size"]
+    small = fit(_tiny_bank(coreset_ratio=0.05, coreset_max=40), sample_root, tmp_path / "small", **QUIET)
+    assert small.fit_info["bank_size"] == 40 and small.model.stand_in.shape == (40, small.model.bank.shape[1])
 
 
 def test_a_calibration_sample_scores_each_image_without_itself(sample_root, tmp_path):

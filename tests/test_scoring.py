@@ -84,6 +84,20 @@ def test_position_stats_discount_places_that_are_always_hard():
     assert z_scores[1] > z_scores[0]  # per-position standardisation ranks the defect first
 
 
+def test_each_map_standardised_without_itself_equals_statistics_of_the_others():
+    rng = np.random.default_rng(1)
+    maps = torch.from_numpy(rng.gamma(2.0, 1.0, size=(9, 1, 6, 5)).astype(np.float32))
+    maps[3, 0, 2, 2] += 40.0  # one image's own outlier widens its position's std in-sample
+    maps[:, 0, 0, 0] = 1.0  # a flat position: the std floor applies
+    stats = PositionStats.fit(maps[:, 0])
+    loo = stats.without_each(maps, chunk=4)
+    for i in range(9):
+        others = torch.cat([maps[:i], maps[i + 1 :]])[:, 0]
+        ref = PositionStats(others.mean(0), others.std(0).clamp_min(stats.floor))
+        assert torch.allclose(loo[i], ref(maps[i : i + 1])[0], rtol=1e-4, atol=1e-4)
+    assert loo[3, 0, 2, 2] > 2 * stats(maps)[3, 0, 2, 2]  # in-sample, the outlier hid itself
+
+
 def test_calibrate_sets_thresholds_from_good_images_only():
     torch.manual_seed(0)
     cfg = Config(**UNET)

@@ -26,7 +26,8 @@ from .base import (
     get_family,
     register,
 )
-from .memory_bank import MemoryBankModel, greedy_coreset
+from .coreset import greedy_coreset
+from .memory_bank import MemoryBankModel
 from .unet import UNetAutoencoder
 
 __all__ = [
