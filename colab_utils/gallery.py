@@ -28,6 +28,7 @@ from .panels import (
     image_panels,
     map_scale,
     mask2d,
+    peak_share_of,
     png_bytes,
     text_panel,
     to_numpy,
@@ -226,7 +227,7 @@ class Gallery:
         slider.value = default
         slider.min, slider.max = lo, hi
         slider.step = (hi - lo) / 1000.0
-        self.peak_share.value = self._default_share(r)
+        self.peak_share.value = peak_share_of(r)
         self._refilter()
 
     def _refilter(self) -> None:
@@ -266,13 +267,9 @@ class Gallery:
         if not self._busy:
             self.render()
 
-    @staticmethod
-    def _default_share(result) -> float:
-        return float(result.config.get("mask_peak_share") or 0.0)  # results saved before the rule: none
-
     def _reset_threshold(self) -> None:
         with self._hold():
-            self.peak_share.value = self._default_share(self.result)
+            self.peak_share.value = peak_share_of(self.result)
             self.threshold.value = float(self.result.thresholds["pixel_default"])
         self.render()
 

@@ -179,6 +179,11 @@ def colour_strip(width: int, cmap: str, height: int = 10) -> np.ndarray:
     return to_u8(np.broadcast_to(row, (height, width, 3)))
 
 
+def peak_share_of(result: EvalResult) -> float:
+    """The ``mask_peak_share`` the result's run drew its masks with (0 for results saved before the rule)."""
+    return float(result.config.get("mask_peak_share") or 0.0)
+
+
 def image_panels(
     result: EvalResult, i: int, threshold: float, alpha: float, vmin: float, vmax: float, cmap: str,
     peak_share: float | None = None,
@@ -189,7 +194,7 @@ def image_panels(
     amap = to_numpy(result.maps[i])
     if amap.ndim == 3:
         amap = amap[0]
-    share = float(result.config.get("mask_peak_share") or 0.0) if peak_share is None else float(peak_share)
+    share = peak_share_of(result) if peak_share is None else float(peak_share)
     pred = predicted_mask(amap, threshold, share)
     panels: list[tuple[str, np.ndarray | None]] = [("image", to_u8(rgb))]
     panels.append(("reconstruction", None if result.recons is None else to_u8(rgb_float(result.recons[i]))))

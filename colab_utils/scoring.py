@@ -324,13 +324,17 @@ def calibrate(
     # own images (leave_one_out) standardise each map without itself, as an unseen image is: before the bank's
     # stand-ins its leave-one-out maps carried the coreset's holes and this over-shot (bottle's threshold 37
     # against 13, benchmarks/README.md section 11); with them it matches unseen good images (section 14)
-    z = position(raw_maps) if position is not None else None
-    base = z if z is not None and config.map_norm == "position" else raw_maps
+    z = position(raw_maps) if position is not None and config.map_norm == "position" else None
+    base = raw_maps if z is None else z
     normalizer = MapNormalizer.fit(base) if config.normalize_maps else MapNormalizer()
     maps = normalizer(base)
-    if z is not None and score_norm(config) == "position":
+    if position is not None and score_norm(config) == "position":
         # the fit's own images: each standardised without itself too, as an unseen image is (section 14)
-        scores = image_scores(position.without_each(raw_maps) if leave_one_out else z, config).numpy()
+        if leave_one_out:
+            z = position.without_each(raw_maps)
+        elif z is None:
+            z = position(raw_maps)
+        scores = image_scores(z, config).numpy()
     elif get_family(config).has_image_score:
         scores = raw["scores"]
     else:
