@@ -45,7 +45,7 @@ def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(monkeypatch, capsys):
 def test_export_refuses_an_unsupported_opset_in_one_line(capsys):
     from pathlib import Path
 
-    run = Path(__file__).parent / "assets" / "old_runs" / "memory_bank"
+    run = Path(__file__).parent.parent / "assets" / "old_runs" / "memory_bank"
     code = cli.main(["export", "--run", str(run), "--format", "onnx", "--opset", "3"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--opset 3: the graph exports to ONNX opsets 14-20" in err

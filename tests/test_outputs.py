@@ -1,6 +1,6 @@
 """Outputs as transactions (colab_utils.outputs) and what `predict` does with them: a run that reads nothing,
 fails midway, is interrupted or cannot write never wipes or mixes with the last good result, and every skipped
-file is listed with its reason. The run is the committed tiny memory bank (tests/assets/old_runs)."""
+file is listed with its reason. The run is the committed tiny memory bank (assets/old_runs)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from colab_utils.cli import main as cli
 from colab_utils.inspector import Inspector
 from colab_utils.outputs import STAGING_PREFIX, OutputNotWritable, StagedOutput
 
-RUN = Path(__file__).parent / "assets" / "old_runs" / "memory_bank"
+RUN = Path(__file__).parent.parent / "assets" / "old_runs" / "memory_bank"
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ from colab_utils.data import load_split
 from colab_utils.runs import BEST, TrainedRun
 from colab_utils.scoring import anomaly_maps, image_scores
 
-OLD_RUNS = Path(__file__).parent / "assets" / "old_runs"
+OLD_RUNS = Path(__file__).parent.parent / "assets" / "old_runs"
 
 
 @pytest.mark.parametrize("family", ["memory_bank", "unet"])
